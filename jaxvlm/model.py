@@ -1,0 +1,63 @@
+"""The model value every entry point takes, the embedded-inputs record, and the family registry.
+
+    params = jaxvlm.load(path)           # -> VLM(weights=<pytree of jax.Array>, config=<static, hashable>)
+    emb = family(params).embed(params, **inputs)   # -> Embedded: token embeddings + per-token metadata
+
+A family module (jaxvlm/models/llava.py, qwen_vl.py) provides, as module-level functions:
+    parse_config(hf_config: dict) -> config      (frozen dataclass with .family, .text: TextConfig, ...)
+    weight_shapes(config) -> pytree of shape tuples
+    embed(params: VLM, **inputs) -> Embedded
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import jax
+from flax import struct
+
+
+@struct.dataclass
+class VLM:
+    """A vision-language model: weights (a pytree of jax.Array) plus its static config."""
+
+    weights: dict
+    config: Any = struct.field(pytree_node=False)
+
+
+@struct.dataclass
+class Embedded:
+    """Token embeddings of a batch with everything the LLM and the pruning stages need per token.
+
+    All arrays are (B, T) unless noted; "visual" tokens are image patches or video frame patches after the
+    vision tower (one LLM token per merged patch).
+    """
+
+    embeds: jax.Array  # (B, T, D) input embeddings, visual features scattered in
+    positions: jax.Array  # (P, B, T) int32 rotary positions (P=1 for Llama, 3 for M-RoPE)
+    valid: jax.Array  # bool: real token (False on padding)
+    visual: jax.Array  # bool: token is a visual token
+    media: jax.Array  # int32: index of its image (or video) in the batch's media list; -1 for text
+    frame: jax.Array  # int32: temporal index within a video (0 for images); -1 for text
+    row: jax.Array  # int32: row of the token in its (merged) patch grid; -1 for text
+    col: jax.Array  # int32: column of the token in its (merged) patch grid; -1 for text
+    span_index: jax.Array  # int32: raster index within its image / frame (row * grid_w + col); -1 for text
+
+
+FAMILY_MODULES = {
+    "llava": "jaxvlm.models.llava",
+    "qwen2_vl": "jaxvlm.models.qwen_vl",
+    "qwen2_5_vl": "jaxvlm.models.qwen_vl",
+}
+
+
+def family_module(family: str):
+    """The module implementing model family `family` (see module docstring)."""
+    if family not in FAMILY_MODULES:
+        raise ValueError(f"unknown model family {family!r}; supported: {sorted(FAMILY_MODULES)}")
+    return importlib.import_module(FAMILY_MODULES[family])
+
+
+def family(params: VLM):
+    return family_module(params.config.family)

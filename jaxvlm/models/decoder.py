@@ -1,0 +1,100 @@
+"""The Llama / Qwen2 decoder-only language model, as pure functions over a weights dict.
+
+Weights (layers stacked on a leading L axis so segments of layers are slices and run under `lax.scan`):
+    embed (V, D); norm (D,); lm_head (D, V) unless tied
+    layers: attn_norm (L, D), wq (L, D, N, H), wk/wv (L, D, K, H), [bq (L, N, H), bk/bv (L, K, H)],
+            wo (L, N, H, D), mlp_norm (L, D), w_gate/w_up (L, D, F), w_down (L, F, D)
+Positions are (P, B, T): P=1 for plain RoPE, P=3 (t, h, w) for Qwen's M-RoPE.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxvlm.config import TextConfig
+from jaxvlm.layers import apply_rope, attention, rms_norm, rope_cos_sin
+
+LAYER_KEYS = ("attn_norm", "wq", "wk", "wv", "wo", "mlp_norm", "w_gate", "w_up", "w_down")
+BIAS_KEYS = ("bq", "bk", "bv")
+
+
+def weight_shapes(cfg: TextConfig) -> dict:
+    """Shapes of every text weight for `cfg` (a pytree of tuples, same structure as the weights)."""
+    L, D, F, V = cfg.num_layers, cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
+    N, K, H = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    layers = {
+        "attn_norm": (L, D), "wq": (L, D, N, H), "wk": (L, D, K, H), "wv": (L, D, K, H), "wo": (L, N, H, D),
+        "mlp_norm": (L, D), "w_gate": (L, D, F), "w_up": (L, D, F), "w_down": (L, F, D),
+    }
+    if cfg.attention_bias:
+        layers.update({"bq": (L, N, H), "bk": (L, K, H), "bv": (L, K, H)})
+    shapes = {"embed": (V, D), "norm": (D,), "layers": layers}
+    if not cfg.tie_word_embeddings:
+        shapes["lm_head"] = (D, V)
+    return shapes
+
+
+def rotary(positions_pbt: jax.Array, cfg: TextConfig) -> tuple[jax.Array, jax.Array]:
+    """cos, sin (B, T, H/2) for the decoder's rotary embedding at `positions` (P, B, T)."""
+    return rope_cos_sin(positions_pbt, cfg.rope, cfg.head_dim)
+
+
+def project_qkv(lw: dict, x_btd: jax.Array, cos: jax.Array, sin: jax.Array, cfg: TextConfig):
+    """Input norm, q/k/v projections (+bias) and RoPE of one layer: q (B,T,N,H), k, v (B,T,K,H)."""
+    h = rms_norm(x_btd, lw["attn_norm"], cfg.rms_norm_eps)
+    q = jnp.einsum("BTD,DNH->BTNH", h, lw["wq"])
+    k = jnp.einsum("BTD,DKH->BTKH", h, lw["wk"])
+    v = jnp.einsum("BTD,DKH->BTKH", h, lw["wv"])
+    if "bq" in lw:
+        q, k, v = q + lw["bq"], k + lw["bk"], v + lw["bv"]
+    return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+
+def mlp(lw: dict, x_btd: jax.Array, cfg: TextConfig) -> jax.Array:
+    """Post-attention norm and SiLU-gated MLP (no residual)."""
+    h = rms_norm(x_btd, lw["mlp_norm"], cfg.rms_norm_eps)
+    gated = jax.nn.silu(jnp.einsum("BTD,DF->BTF", h, lw["w_gate"])) * jnp.einsum("BTD,DF->BTF", h, lw["w_up"])
+    return jnp.einsum("BTF,FD->BTD", gated, lw["w_down"])
+
+
+def layer(lw: dict, x_btd, cos, sin, mask_bts, cfg: TextConfig, cache=None, write_at=None):
+    """One decoder layer. Returns (x_out (B,T,D), (k, v)).
+
+    Prefill (cache=None): attends over its own T tokens and returns their k, v (B, T, K, H).
+    Decode: `cache` = (k, v) of shape (B, S, K, H); the new k, v are written at slot `write_at` (scalar) and the
+    queries attend over the whole updated cache under `mask_bts` (B, T, S); returns the updated cache.
+    """
+    q, k, v = project_qkv(lw, x_btd, cos, sin, cfg)
+    if cache is not None:
+        k = jax.lax.dynamic_update_slice_in_dim(cache[0], k.astype(cache[0].dtype), write_at, axis=1)
+        v = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), write_at, axis=1)
+    attn = attention(q, k, v, mask_bts)
+    x_btd = x_btd + jnp.einsum("BTNH,NHD->BTD", attn, lw["wo"])
+    return x_btd + mlp(lw, x_btd, cfg), (k, v)
+
+
+def slice_layers(layers: dict, start: int, stop: int) -> dict:
+    """The stacked weights of layers [start, stop)."""
+    return jax.tree.map(lambda w: w[start:stop], layers)
+
+
+def run_layers(layers: dict, x_btd, cos, sin, mask_bts, cfg: TextConfig, caches=None, write_at=None):
+    """Run a stack of layers (leading axis L) with `lax.scan`. Returns (x, (k, v) stacked (L, B, S, K, H)).
+
+    `caches` (optional) is a (k, v) pair stacked like the layers; see `layer` for the decode semantics.
+    """
+
+    def step(x, per_layer):
+        lw, cache = per_layer
+        x, kv = layer(lw, x, cos, sin, mask_bts, cfg, cache=cache, write_at=write_at)
+        return x, kv
+
+    return jax.lax.scan(step, x_btd, (layers, caches))
+
+
+def final_logits(text_w: dict, x_btd: jax.Array, cfg: TextConfig) -> jax.Array:
+    """Final norm and vocabulary projection: (B, T, V) float32."""
+    h = rms_norm(x_btd, text_w["norm"], cfg.rms_norm_eps)
+    head = text_w["embed"].T if cfg.tie_word_embeddings else text_w["lm_head"]
+    return jnp.einsum("BTD,DV->BTV", h, head).astype(jnp.float32)
