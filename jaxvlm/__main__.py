@@ -1,0 +1,5 @@
+import sys
+
+from jaxvlm.cli import main
+
+sys.exit(main())
