@@ -115,12 +115,33 @@ def apply_rope(x_btnh: jax.Array, cos_bth: jax.Array, sin_bth: jax.Array) -> jax
 # ------------------------------------------------------------------------------------------ attention
 
 
-def attention(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Array, mask_bts: jax.Array) -> jax.Array:
+# Query-block size of the causal attention on CPU (see `attention`); measured best of 64/128/256 at T=700.
+CPU_CAUSAL_BLOCK = 128
+
+
+def attention(
+    q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Array, mask_bts: jax.Array, causal: bool = False
+) -> jax.Array:
     """Softmax attention with a boolean mask (True = attend) through the fused `jax.nn.dot_product_attention`.
 
     q (B, T, N, H); k, v (B, S, K, H) with N a multiple of K (GQA); mask (B, T, S). Returns (B, T, N, H).
+    `causal=True` promises that query slot i never attends to key slots > i (prefill over the queries' own
+    tokens). On CPU, where XLA has no fused causal kernel, that is used to split the queries into blocks that
+    attend only to the keys up to their block's end: half the work of the masked T x S product (~40% faster
+    at T=700). Elsewhere the fused kernel (cuDNN flash on GPU) handles the mask itself.
     """
-    return jax.nn.dot_product_attention(q_btnh, k_bskh, v_bskh, mask=mask_bts[:, None, :, :])
+    t = q_btnh.shape[1]
+    if not causal or t <= CPU_CAUSAL_BLOCK or jax.default_backend() != "cpu":
+        return jax.nn.dot_product_attention(q_btnh, k_bskh, v_bskh, mask=mask_bts[:, None, :, :])
+    blocks = []
+    for start in range(0, t, CPU_CAUSAL_BLOCK):
+        stop = min(start + CPU_CAUSAL_BLOCK, t)
+        blocks.append(
+            jax.nn.dot_product_attention(
+                q_btnh[:, start:stop], k_bskh[:, :stop], v_bskh[:, :stop], mask=mask_bts[:, None, start:stop, :stop]
+            )
+        )
+    return jnp.concatenate(blocks, axis=1)
 
 
 def attention_logits(q_brnh: jax.Array, k_bskh: jax.Array, mask_brs: jax.Array) -> jax.Array:

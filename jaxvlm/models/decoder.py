@@ -69,7 +69,7 @@ def layer(lw: dict, x_btd, cos, sin, mask_bts, cfg: TextConfig, cache=None, writ
     if cache is not None:
         k = jax.lax.dynamic_update_slice_in_dim(cache[0], k.astype(cache[0].dtype), write_at, axis=1)
         v = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), write_at, axis=1)
-    attn = attention(q, k, v, mask_bts)
+    attn = attention(q, k, v, mask_bts, causal=cache is None)
     x_btd = x_btd + jnp.einsum("BTNH,NHD->BTD", attn, lw["wo"])
     return x_btd + mlp(lw, x_btd, cfg), (k, v)
 
