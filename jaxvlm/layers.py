@@ -115,7 +115,7 @@ def apply_rope(x_btnh: jax.Array, cos_bth: jax.Array, sin_bth: jax.Array) -> jax
 # ------------------------------------------------------------------------------------------ attention
 
 
-# Query-block size of the causal attention on CPU (see `attention`); measured best of 64/128/256 at T=700.
+# Query-block size of the causal attention on CPU (`_blocked_causal_attention`); best of 64/128/256 at T=700.
 CPU_CAUSAL_BLOCK = 128
 
 
@@ -126,22 +126,36 @@ def attention(
 
     q (B, T, N, H); k, v (B, S, K, H) with N a multiple of K (GQA); mask (B, T, S). Returns (B, T, N, H).
     `causal=True` promises that query slot i never attends to key slots > i (prefill over the queries' own
-    tokens). On CPU, where XLA has no fused causal kernel, that is used to split the queries into blocks that
-    attend only to the keys up to their block's end: half the work of the masked T x S product (~40% faster
-    at T=700). Elsewhere the fused kernel (cuDNN flash on GPU) handles the mask itself.
+    tokens); on CPU that selects `_blocked_causal_attention`. Elsewhere the fused kernel (cuDNN flash on GPU)
+    handles the mask itself.
     """
-    t = q_btnh.shape[1]
-    if not causal or t <= CPU_CAUSAL_BLOCK or jax.default_backend() != "cpu":
-        return jax.nn.dot_product_attention(q_btnh, k_bskh, v_bskh, mask=mask_bts[:, None, :, :])
+    if causal and q_btnh.shape[1] > CPU_CAUSAL_BLOCK and jax.default_backend() == "cpu":
+        return _blocked_causal_attention(q_btnh, k_bskh, v_bskh, mask_bts)
+    return jax.nn.dot_product_attention(q_btnh, k_bskh, v_bskh, mask=mask_bts[:, None, :, :])
+
+
+def _blocked_causal_attention(q_btnh, k_bskh, v_bskh, mask_bts) -> jax.Array:
+    """Causal attention for CPU, where XLA has no fused causal kernel: queries in blocks of CPU_CAUSAL_BLOCK,
+    each attending only to keys up to its block's end (half the work of the masked T x S product), heads-major
+    layout for the batched matmuls. Measured at T=700, 8 heads: 10.0 ms (fused, full mask) -> 5.2 ms.
+    """
+    b, t, n, h = q_btnh.shape
+    kh = k_bskh.shape[2]
+    q = q_btnh.reshape(b, t, kh, n // kh, h).transpose(0, 2, 3, 1, 4)  # (B, K, G, T, H)
+    k = k_bskh.transpose(0, 2, 1, 3)  # (B, K, S, H)
+    v = v_bskh.transpose(0, 2, 1, 3)
+    scale = 1.0 / math.sqrt(h)
     blocks = []
     for start in range(0, t, CPU_CAUSAL_BLOCK):
         stop = min(start + CPU_CAUSAL_BLOCK, t)
-        blocks.append(
-            jax.nn.dot_product_attention(
-                q_btnh[:, start:stop], k_bskh[:, :stop], v_bskh[:, :stop], mask=mask_bts[:, None, start:stop, :stop]
-            )
+        logits = jnp.einsum(
+            "BKGTH,BKSH->BKGTS", q[:, :, :, start:stop], k[:, :, :stop], preferred_element_type=jnp.float32
         )
-    return jnp.concatenate(blocks, axis=1)
+        logits = jnp.where(mask_bts[:, None, None, start:stop, :stop], logits * scale, MASK_VALUE)
+        probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+        blocks.append(jnp.einsum("BKGTS,BKSH->BKGTH", probs, v[:, :, :stop]))
+    out = jnp.concatenate(blocks, axis=3)  # (B, K, G, T, H)
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
 
 
 def attention_logits(q_brnh: jax.Array, k_bskh: jax.Array, mask_brs: jax.Array) -> jax.Array:
