@@ -1,0 +1,292 @@
+"""Family-independent checkpoint conversion: conversion tables are data, this module only interprets them.
+
+Table format (each family module `converters/<family>.py` provides `table(config) -> Table`):
+
+    Table(layouts=("hub", "save_pretrained", "memory"),   # names of the HF key layouts, in `keys` order
+          rules=(Rule(...), ...),
+          ignore=(r"\\.rotary_emb\\.inv_freq$", ...))      # regexes of HF keys that carry no weights
+
+    Rule(path="text/layers/wq",                          # '/'-joined path into the jax weights pytree
+         keys=("language_model.model.layers.{i}.self_attn.q_proj.weight",   # one HF key template per
+               "model.language_model.layers.{i}.self_attn.q_proj.weight",   # layout (same order as
+               ...),                                                        # Table.layouts)
+         hf_shape=(N * H, D),                            # shape of one HF tensor (one layer)
+         perm=(1, 0))                                    # axes permutation HF -> jax, then reshape
+
+A key template containing "{i}" makes the rule *stacked*: tensor i (i = 0..L-1, L = leading axis of the
+target shape) goes to slice [i] of the jax array. The transform is always "transpose by `perm` (None = keep
+the axes), then reshape to the target (per-layer) shape"; HF Linear [out, in] -> [in, out] is perm (1, 0),
+q_proj [N*H, D] -> (D, N, H) is perm (1, 0) + reshape, o_proj [D, N*H] -> (N, H, D) likewise. The inverse
+(`export`) reshapes to the permuted `hf_shape` and applies the inverse permutation, so every table works in
+both directions.
+
+Target shapes come from the family's `weight_shapes(config)`; every leaf must be covered by exactly one rule.
+Resolution picks, per rule, the first layout whose key exists in the checkpoint, so all layouts (and mixes
+produced by partial re-saves) load. Before any tensor data is read, every problem is collected and raised at
+once as a ConversionError naming missing, unexpected and wrongly shaped tensors.
+
+Readers give `keys()`, `shape(key)` and `get(key) -> np.ndarray`: SafetensorsReader (a directory with one
+file or a sharded index, read tensor by tensor through `safe_open`) and DictReader (an in-memory state dict).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from typing import Callable, Iterable, Iterator, Mapping
+
+import ml_dtypes
+import numpy as np
+
+DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
+
+
+class ConversionError(ValueError):
+    """A checkpoint does not match the model its config describes (names the offending tensors)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    path: str
+    keys: tuple[str, ...]
+    hf_shape: tuple[int, ...]
+    perm: tuple[int, ...] | None = None
+
+    @property
+    def stacked(self) -> bool:
+        return "{i}" in self.keys[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+    layouts: tuple[str, ...]
+    rules: tuple[Rule, ...]
+    ignore: tuple[str, ...] = ()
+
+    def layout_index(self, layout: str) -> int:
+        if layout not in self.layouts:
+            raise ValueError(f"unknown key layout {layout!r}; this table has {self.layouts}")
+        return self.layouts.index(layout)
+
+
+# ------------------------------------------------------------------------------------- pytree paths
+
+
+def flatten(tree: Mapping, prefix: str = "") -> dict:
+    """{'a': {'b': x}} -> {'a/b': x} (dict nodes only; leaves are anything else)."""
+    out = {}
+    for k, v in tree.items():
+        p = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, p + "/"))
+        else:
+            out[p] = v
+    return out
+
+
+def unflatten(flat: Mapping[str, object]) -> dict:
+    out: dict = {}
+    for path, v in flat.items():
+        *parents, leaf = path.split("/")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = v
+    return out
+
+
+# ------------------------------------------------------------------------------------------ readers
+
+
+class DictReader:
+    """An in-memory state dict (numpy arrays or torch tensors) as a reader."""
+
+    def __init__(self, state: Mapping[str, object]):
+        self._state = state
+
+    def keys(self) -> list[str]:
+        return list(self._state)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self._state[key].shape)
+
+    def get(self, key: str) -> np.ndarray:
+        t = self._state[key]
+        if hasattr(t, "detach"):  # torch tensor; numpy has no bfloat16, so go through float32
+            t = t.detach().cpu()
+            if str(t.dtype) == "torch.bfloat16":
+                return t.float().numpy().astype(ml_dtypes.bfloat16)
+            return t.numpy()
+        return np.asarray(t)
+
+
+class SafetensorsReader:
+    """A Hugging Face checkpoint directory: `model.safetensors`, a sharded `*.safetensors.index.json`, or a
+    set of `*.safetensors` files. Tensors are read one at a time (`safe_open`, memory-mapped)."""
+
+    def __init__(self, directory: str):
+        from safetensors import safe_open
+
+        self._safe_open = safe_open
+        self.directory = directory
+        index = sorted(f for f in os.listdir(directory) if f.endswith(".safetensors.index.json"))
+        if index:
+            with open(os.path.join(directory, index[0])) as f:
+                weight_map = json.load(f)["weight_map"]
+            files = sorted(set(weight_map.values()))
+            missing = [f for f in files if not os.path.exists(os.path.join(directory, f))]
+            if missing:
+                raise ConversionError(f"{directory}: shard file(s) {missing} named by {index[0]} do not exist")
+        else:
+            files = sorted(f for f in os.listdir(directory) if f.endswith(".safetensors"))
+            if not files:
+                raise ConversionError(f"{directory}: no *.safetensors files (and no index) found")
+        self._key_file: dict[str, str] = {}
+        self._shapes: dict[str, tuple[int, ...]] = {}
+        self._dtypes: dict[str, str] = {}
+        for fname in files:
+            with safe_open(os.path.join(directory, fname), "np") as f:
+                for k in f.keys():
+                    sl = f.get_slice(k)
+                    self._key_file[k] = fname
+                    self._shapes[k] = tuple(sl.get_shape())
+                    self._dtypes[k] = sl.get_dtype()
+        self._handles: dict[tuple[str, str], object] = {}
+
+    def keys(self) -> list[str]:
+        return list(self._key_file)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self._shapes[key]
+
+    def _handle(self, fname: str, framework: str):
+        if (fname, framework) not in self._handles:
+            self._handles[(fname, framework)] = self._safe_open(os.path.join(self.directory, fname), framework)
+        return self._handles[(fname, framework)]
+
+    def get(self, key: str) -> np.ndarray:
+        fname = self._key_file[key]
+        if self._dtypes[key] == "BF16":  # numpy has no bfloat16: read it through the JAX framework
+            return np.asarray(self._handle(fname, "flax").get_tensor(key))
+        return self._handle(fname, "np").get_tensor(key)
+
+    def close(self) -> None:
+        self._handles.clear()
+
+
+# ------------------------------------------------------------------------------------------- convert
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Which HF key feeds each layer of each rule; built from key names and shapes only."""
+
+    sources: dict  # rule.path -> list of HF keys (one per layer, or one)
+    rules: dict  # rule.path -> Rule
+    shapes: dict  # rule.path -> target shape (full, stacked)
+
+
+def plan(table: Table, shapes: Mapping, reader) -> Plan:
+    """Match the table against a checkpoint's keys and shapes; raise ConversionError listing every problem."""
+    targets = {p: tuple(s) for p, s in flatten(shapes).items()}
+    available = set(reader.keys())
+    rules = {r.path: r for r in table.rules}
+    uncovered = sorted(set(targets) - set(rules))
+    if uncovered:
+        raise ConversionError(f"conversion table has no rule for weight(s) {uncovered} (a bug in the table)")
+    missing, wrong_shape, sources = [], [], {}
+    for path, target in targets.items():
+        rule = rules[path]
+        n = target[0] if rule.stacked else 1
+        per_layer = target[1:] if rule.stacked else target
+        if int(np.prod(rule.hf_shape)) != int(np.prod(per_layer)):
+            raise ConversionError(f"rule {path}: hf_shape {rule.hf_shape} cannot become {per_layer} (table bug)")
+        chosen = None
+        for template in rule.keys:
+            names = [template.format(i=i) for i in range(n)]
+            if names[0] in available:
+                chosen = names
+                break
+        if chosen is None:
+            missing.append(rule.keys[0].format(i=0) + (f" (and layers 1..{n - 1})" if n > 1 else ""))
+            continue
+        missing.extend(k for k in chosen if k not in available)
+        wrong_shape.extend(
+            f"{k}: {reader.shape(k)} (expected {rule.hf_shape})"
+            for k in chosen if k in available and tuple(reader.shape(k)) != tuple(rule.hf_shape)
+        )
+        sources[path] = chosen
+    used = {k for ks in sources.values() for k in ks}
+    ignore = [re.compile(p) for p in table.ignore]
+    unexpected = sorted(k for k in available - used if not any(p.search(k) for p in ignore))
+    problems = []
+    if missing:
+        problems.append(f"missing tensor(s): {missing}")
+    if unexpected:
+        problems.append(f"unexpected tensor(s) (not used by this config): {unexpected}")
+    if wrong_shape:
+        problems.append(f"wrongly shaped tensor(s): {wrong_shape}")
+    if problems:
+        raise ConversionError("checkpoint does not match its config:\n  " + "\n  ".join(problems))
+    return Plan(sources=sources, rules={p: rules[p] for p in targets}, shapes=targets)
+
+
+def to_jax(rule: Rule, hf: np.ndarray, per_layer: tuple[int, ...]) -> np.ndarray:
+    a = hf if rule.perm is None else np.transpose(hf, rule.perm)
+    return a.reshape(per_layer)
+
+
+def to_hf(rule: Rule, x: np.ndarray) -> np.ndarray:
+    permuted = rule.hf_shape if rule.perm is None else tuple(rule.hf_shape[p] for p in rule.perm)
+    a = np.asarray(x).reshape(permuted)
+    return a if rule.perm is None else np.transpose(a, np.argsort(rule.perm))
+
+
+def iter_convert(table: Table, shapes: Mapping, reader, dtype: str = "float32") -> Iterator[tuple[str, np.ndarray]]:
+    """Yield (path, array) per weight leaf, each filled tensor by tensor into a preallocated buffer.
+
+    Only one leaf is held at a time, so a caller that moves each leaf away (device_put, write) never holds
+    a second full copy of the model in host memory.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not supported (have {sorted(DTYPES)})")
+    np_dtype = DTYPES[dtype]
+    p = plan(table, shapes, reader)
+    for path, target in p.shapes.items():
+        rule, keys = p.rules[path], p.sources[path]
+        buf = np.empty(target, dtype=np_dtype)
+        if rule.stacked:
+            for i, k in enumerate(keys):
+                buf[i] = to_jax(rule, reader.get(k), target[1:]).astype(np_dtype)
+        else:
+            buf[...] = to_jax(rule, reader.get(keys[0]), target).astype(np_dtype)
+        yield path, buf
+
+
+def convert(table: Table, shapes: Mapping, reader, dtype: str = "float32",
+            place: Callable[[np.ndarray], object] = lambda a: a, progress: bool = False) -> dict:
+    """The nested weights dict; `place` maps each finished numpy leaf (e.g. to a jax.Array)."""
+    items = iter_convert(table, shapes, reader, dtype)
+    if progress:
+        from tqdm import tqdm
+
+        items = tqdm(items, total=len(flatten(shapes)), desc="converting", unit="tensor")
+    return unflatten({path: place(a) for path, a in items})
+
+
+def export(table: Table, weights: Mapping, layout: str) -> Iterable[tuple[str, np.ndarray]]:
+    """The inverse: (HF key, HF-layout array) pairs in `layout` for a weights pytree."""
+    col = table.layout_index(layout)
+    flat = flatten(weights)
+    for rule in table.rules:
+        if rule.path not in flat:
+            continue
+        x = np.asarray(flat[rule.path])
+        template = rule.keys[col]
+        if rule.stacked:
+            for i in range(x.shape[0]):
+                yield template.format(i=i), to_hf(rule, x[i])
+        else:
+            yield template, to_hf(rule, x)
