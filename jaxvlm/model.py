@@ -61,3 +61,26 @@ def family_module(family: str):
 
 def family(params: VLM):
     return family_module(params.config.family)
+
+
+def random_params(config, seed: int = 0, std: float = 0.02, dtype=None) -> VLM:
+    """A VLM with random weights for `config` (norm scales 1, biases 0, matrices N(0, std)): for demos,
+    benchmarks and shape checks, never for claims about model quality."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    shapes = family_module(config.family).weight_shapes(config)
+    flat, tree = jax.tree_util.tree_flatten_with_path(shapes, is_leaf=lambda s: isinstance(s, tuple))
+    rng = np.random.default_rng(seed)
+    dtype = dtype or jnp.float32
+    leaves = []
+    for path, shape in flat:
+        name = str(path[-1].key)
+        if "norm" in name:
+            value = np.zeros(shape) if name.endswith("bias") else np.ones(shape)
+        elif name.startswith("b"):
+            value = np.zeros(shape)
+        else:
+            value = rng.standard_normal(shape) * std
+        leaves.append(jnp.asarray(value, dtype))
+    return VLM(weights=jax.tree_util.tree_unflatten(tree, leaves), config=config)
