@@ -1,0 +1,586 @@
+"""Attention debiasing for visual-token pruning (docs: ../shared/docs/METHOD.md): padding masks, padding
+suppression, position detrending and the position trends they divide out.
+
+Axis letters: N images (media), G = grid*grid patches of one image, B batch, T tokens/slots, S samples.
+
+Every array function here is pure and works on two kinds of input:
+  * numpy arrays / Python numbers: computed on the host in float64, with the same IEEE operations in the
+    same order as the official release (github.com/intcomp/attention-bias), so results are bit-for-bit
+    the release's (its float64 quirks included, e.g. `int(47 * (24 / 94)) == 11`);
+  * jax arrays (also tracers): jit/vmap-safe, computed in the default float width (float32, or float64
+    under `jax.enable_x64`). In float32 a patch whose padding ratio lies within ~1e-6 of the threshold
+    may flip; the host path is the exact one and the one `prepare` (numpy, host side) should use.
+
+Orientation: a *pad mask* is 1 (True) where a patch is VALID image content and 0 where it is padding, as in
+the release (`scores * mask`). The engine's `StageContext.pad` is the opposite flag (True = padding):
+`token_pad_flags` builds it from per-media pad masks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+DATA_DIR = Path(__file__).parent / "data"
+WEIGHTS_DIR = DATA_DIR / "attention_bias_weights"
+TRENDS_JSON = DATA_DIR / "trends.json"
+
+
+def _xp(*arrays: Any):
+    """numpy for host inputs (exact float64 path), jax.numpy as soon as one input is a jax array/tracer."""
+    return jnp if any(isinstance(a, jax.Array) for a in arrays) else np
+
+
+def _float(xp):
+    return np.float64 if xp is np else jnp.result_type(float)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Padding masks
+# ----------------------------------------------------------------------------------------------------------
+
+
+def pad_mask(image_sizes, grid: int = 24, image_size: int = 336, threshold: float = 0.5):
+    """The release's pad-to-square patch mask (`generate_pad_mask`), vectorised.
+
+    image_sizes: (..., 2) original (width, height) per image (API.md order). Returns (..., grid*grid)
+    float32 in {0, 1}, raster order (row-major), 1 = valid patch.
+
+    LLaVA-1.5's `expand2square` pastes the image centred on a square; resized to image_size, the padding is
+    `pad = (H-W)/(2H)*image_size` left and right when W < H, the same top and bottom when H < W. Patch
+    (i, j) covers [j*p, (j+1)*p) x [i*p, (i+1)*p) with p = image_size // grid; its padding ratio is
+    `1 - area(patch & valid rect)/p^2` and it is masked (0) iff that ratio > threshold.
+    Thresholds in the release: 0.5 (FastV, HiMAP, TokenCarve), 0.01 (PyramidDrop).
+    """
+    xp = _xp(image_sizes, threshold)
+    ft = _float(xp)
+    sizes = xp.asarray(image_sizes)
+    w = sizes[..., 0].astype(ft)
+    h = sizes[..., 1].astype(ft)
+    img = float(image_size)
+    p = image_size // grid
+    zero = xp.zeros_like(w)
+    pad_lr = xp.where(w < h, (h - w) / (2 * h) * img, zero)  # same operation order as the release
+    pad_tb = xp.where(h < w, (w - h) / (2 * w) * img, zero)
+    x0 = (np.arange(grid) * p).astype(np.float64)
+    x1 = x0 + p
+    x0, x1 = xp.asarray(x0, dtype=ft), xp.asarray(x1, dtype=ft)
+
+    def overlap(lo, hi):  # (..., grid): length of [x0, x1) & [lo, hi)
+        return xp.maximum(0.0, xp.minimum(x1, hi[..., None]) - xp.maximum(x0, lo[..., None]))
+
+    inter_w = overlap(pad_lr, img - pad_lr)  # columns
+    inter_h = overlap(pad_tb, img - pad_tb)  # rows
+    area = inter_w[..., None, :] * inter_h[..., :, None]  # (..., grid rows, grid cols); release: w * h
+    pad_ratio = 1 - area / float(p * p)
+    valid = ~(pad_ratio > xp.asarray(threshold, dtype=ft)[..., None, None])
+    return valid.reshape(*sizes.shape[:-1], grid * grid).astype(xp.float32)
+
+
+def unpad_mask(image_sizes, grid: int = 24):
+    """The release's integer "unpad" variant (FastV's padding-only ablation; LLaVA-NeXT `unpad_image` style).
+
+    image_sizes (..., 2) (width, height) -> (..., grid*grid) float32 {0,1}. If W/H > 1: new_h = int(H*(grid/W))
+    valid rows [pad, grid - pad) with pad = (grid - new_h)//2 (all columns); else the same on columns.
+    """
+    xp = _xp(image_sizes)
+    ft = _float(xp)
+    sizes = xp.asarray(image_sizes)
+    w = sizes[..., 0].astype(ft)
+    h = sizes[..., 1].astype(ft)
+    wide = (w / h) > 1.0
+    new = xp.floor(xp.where(wide, h * (grid / w), w * (grid / h))).astype(xp.int32)
+    pad = (grid - new) // 2
+    idx = xp.arange(grid)
+    inside = (idx >= pad[..., None]) & (idx < grid - pad[..., None])  # (..., grid)
+    full = xp.ones_like(inside)
+    rows = xp.where(wide[..., None], inside, full)
+    cols = xp.where(wide[..., None], full, inside)
+    valid = rows[..., :, None] & cols[..., None, :]
+    return valid.reshape(*sizes.shape[:-1], grid * grid).astype(xp.float32)
+
+
+def _pil_bilinear_keep(size: int, lo: int, hi: int, out: int) -> np.ndarray:
+    """Pillow's 8-bit BILINEAR resize of a 1-D {0,1} mask (valid [lo, hi) of `size`) to `out`, then >= 1.
+
+    Follows Pillow's resampling (triangle filter widened by the scale, normalised coefficients rounded to
+    22-bit fixed point, output rounded to uint8), so the result equals `Image.resize(..., BILINEAR)`.
+    """
+    scale = size / out
+    filterscale = max(scale, 1.0)
+    support = 1.0 * filterscale
+    ss = 1.0 / filterscale
+    keep = np.zeros(out, bool)
+    for xx in range(out):
+        center = (xx + 0.5) * scale
+        xmin = max(int(center - support + 0.5), 0)
+        xmax = min(int(center + support + 0.5), size)
+        x = np.arange(xmin, xmax, dtype=np.float64)
+        wts = np.abs((x - center + 0.5) * ss)
+        wts = np.where(wts < 1.0, 1.0 - wts, 0.0)
+        ww = np.cumsum(wts)[-1] if len(wts) else 0.0  # sequential sum, as the C loop
+        k = wts / ww if ww != 0.0 else wts
+        kk = np.floor(k * float(1 << 22) + 0.5).astype(np.int64)
+        xi = np.arange(xmin, xmax)
+        acc = (1 << 21) + int(kk[(xi >= lo) & (xi < hi)].sum())
+        keep[xx] = (acc >> 22) >= 1
+    return keep
+
+
+def pad_mask_sparsevlm(image_sizes, grid: int = 24) -> np.ndarray:
+    """SparseVLM's variant: a {0,1} pixel mask of the expand2square canvas (side max(W, H), image pasted at
+    the integer offset (max-min)//2) resized with Pillow BILINEAR to grid x grid, kept where >= 0.5.
+
+    Host side only (numpy): image_sizes (..., 2) (width, height) -> (..., grid*grid) float32 {0,1}.
+    Nearly equal to `pad_mask(..., threshold=0.5)`; tests compare it with Pillow itself.
+    """
+    sizes = np.asarray(image_sizes, dtype=np.int64)
+    flat = sizes.reshape(-1, 2)
+    masks = np.ones((len(flat), grid, grid), np.float32)
+    for n, (w, h) in enumerate(flat):
+        w, h = int(w), int(h)
+        if w == h:
+            continue
+        side, short = max(w, h), min(w, h)
+        off = (side - short) // 2
+        keep = _pil_bilinear_keep(side, off, off + short, grid)
+        if w > h:
+            masks[n] = keep[:, None]  # rows
+        else:
+            masks[n] = keep[None, :]  # columns
+    return masks.reshape(*sizes.shape[:-1], grid * grid)
+
+
+def valid_mask(num_media: int, grid_h: int, grid_w: int | None = None):
+    """All-valid masks (num_media, grid_h*grid_w) for inputs without pad-to-square (Qwen-VL: its only
+    padding is the batch/grid padding the engine introduces, which `TokenState.valid` already masks)."""
+    return np.ones((num_media, grid_h * (grid_h if grid_w is None else grid_w)), np.float32)
+
+
+def token_pad_flags(media, row, col, masks, grid_w: int | None = None):
+    """Per-token padding flags from token metadata: True where a visual token lies on a padding patch.
+
+    media, row, col: (B, T) int32 (TokenState fields; -1 for text). masks: (M, gh, gw) or (M, gh*gw) with
+    `grid_w` given, {0,1} per-media pad masks (1 = valid), e.g. `pad_mask(image_sizes).reshape(M, 24, 24)`.
+    Video frames share their media's mask. Returns (B, T) bool. jit-safe (jax inputs) or numpy.
+    """
+    xp = _xp(media, row, col, masks)
+    masks = xp.asarray(masks)
+    if masks.ndim == 2:
+        if grid_w is None:
+            side = math.isqrt(masks.shape[1])
+            if side * side != masks.shape[1]:
+                raise ValueError("flat masks of a non-square grid need grid_w")
+            grid_w = side
+        masks = masks.reshape(masks.shape[0], -1, grid_w)
+    media, row, col = xp.asarray(media), xp.asarray(row), xp.asarray(col)
+    m = xp.clip(media, 0, masks.shape[0] - 1)
+    r = xp.clip(row, 0, masks.shape[1] - 1)
+    c = xp.clip(col, 0, masks.shape[2] - 1)
+    visual = (media >= 0) & (row >= 0) & (col >= 0)
+    return visual & (masks[m, r, c] <= 0)
+
+
+def suppress_padding(scores, pad_mask, fill: float = 0.0):
+    """Padding suppression: scores (..., T), pad_mask broadcastable to scores, 1/True = valid.
+
+    Returns scores where valid, `fill` on padding. fill=0.0 is the release's `scores * mask` (attention
+    scores are >= 0, so zeroed padding ranks last); use fill=-inf for scores that can be negative.
+    """
+    xp = _xp(scores, pad_mask)
+    scores = xp.asarray(scores)
+    valid = xp.asarray(pad_mask) > 0
+    return xp.where(valid, scores, xp.asarray(fill, dtype=scores.dtype))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Trends
+# ----------------------------------------------------------------------------------------------------------
+
+FAMILIES = ("exponential", "polynomial", "table")
+
+
+@dataclasses.dataclass(frozen=True)
+class Trend:
+    """A mean-score-vs-position curve T(x), static and hashable (usable as a jit static argument).
+
+    family "exponential": params (a, b, c), T(x) = a*exp(b*x) + c.
+    family "polynomial":  params (c0, c1, ..., cd), T(x) = sum_k c_k x^k.
+    family "table":       params (v0, ..., v_{n-1}) = T at x = 0..n-1, linear in between, clamped outside.
+    x_scale: T is evaluated at x * x_scale (`stretch` maps a trend fitted on n tokens onto m tokens).
+    Positions x are raster indices within a visual span (image or video frame).
+    """
+
+    family: str
+    params: tuple[float, ...]
+    x_scale: float = 1.0
+
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ValueError(f"unknown trend family {self.family!r} (have {FAMILIES})")
+        params = tuple(float(p) for p in np.asarray(self.params, dtype=np.float64).reshape(-1))
+        if self.family == "exponential" and len(params) != 3:
+            raise ValueError("exponential trend needs params (a, b, c)")
+        if not params:
+            raise ValueError("trend needs parameters")
+        object.__setattr__(self, "params", params)
+        object.__setattr__(self, "x_scale", float(self.x_scale))
+
+    # -- evaluation ---------------------------------------------------------------------------------------
+    def __call__(self, positions):
+        """T(x) for positions (...,) -> (...,) float (float64 on numpy input, default float on jax input)."""
+        xp = _xp(positions)
+        ft = _float(xp)
+        x = xp.asarray(positions).astype(ft)
+        if self.x_scale != 1.0:
+            x = x * self.x_scale
+        if self.family == "exponential":
+            a, b, c = self.params
+            return a * xp.exp(b * x) + c
+        if self.family == "polynomial":
+            out = xp.full_like(x, self.params[-1])
+            for coef in self.params[-2::-1]:  # Horner
+                out = out * x + coef
+            return out
+        values = xp.asarray(np.asarray(self.params), dtype=ft)
+        return xp.interp(x, xp.arange(len(self.params), dtype=ft), values)
+
+    def weights(self, positions):
+        """w(x) = T(0)/T(x) (the release's weight vector for x = 0..575); T(x) is floored at 1e-6*T(0) so a
+        badly fitted curve cannot flip the sign of a score."""
+        xp = _xp(positions)
+        t0 = float(self(np.zeros((), np.float64)))
+        t = self(positions)
+        return t0 / xp.maximum(t, 1e-6 * t0) if t0 > 0 else t0 / t
+
+    def ratio(self, n: int) -> float:
+        """T(n-1)/T(0): the trend's strength over an n-token span (release: 1.9x - 14.4x for n = 576)."""
+        return float(self(np.float64(n - 1)) / self(np.float64(0.0)))
+
+    def stretch(self, n_from: int, n_to: int) -> Trend:
+        """The same curve over n_to tokens instead of n_from (relative position kept)."""
+        scale = (n_from - 1) / max(n_to - 1, 1)
+        return dataclasses.replace(self, x_scale=self.x_scale * scale)
+
+    # -- (de)serialisation --------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        d = {"family": self.family, "params": list(self.params)}
+        if self.x_scale != 1.0:
+            d["x_scale"] = self.x_scale
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Trend:
+        return cls(d["family"], tuple(d["params"]), d.get("x_scale", 1.0))
+
+    # -- construction from the release's weight files ------------------------------------------------------
+    @classmethod
+    def from_weights(cls, path_or_array, tol: float = 1e-12) -> Trend:
+        """Recover the exact trend behind a release weight vector w (w[i] = T(0)/T(i), float64).
+
+        Tried in order, the first that reproduces every w[i] to `tol` wins:
+          exponential  w = exp(-b i): b from the log-ratio (least squares of log w on i through 0);
+          polynomial   1/w = 1 + c1 i + c2 i^2 + c3 i^3 (FastV), least squares in float64, degree 1..5;
+          otherwise    a table of 1/w (always exact).
+        """
+        w = np.asarray(np.load(path_or_array) if isinstance(path_or_array, (str, Path)) else path_or_array)
+        w = w.astype(np.float64).reshape(-1)
+        if w.size < 2 or not np.all(np.isfinite(w)) or np.any(w <= 0):
+            raise ValueError("weight vector must be finite, positive, length >= 2")
+        w = w / w[0]
+        i = np.arange(w.size, dtype=np.float64)
+        b = -float(np.dot(i, np.log(w)) / np.dot(i, i))
+        cand = cls("exponential", (1.0, b, 0.0))
+        if np.max(np.abs(cand.weights(i) - w)) <= tol:
+            return cand
+        u = i / i[-1]  # well-conditioned columns, converted back exactly below
+        for degree in range(1, 6):
+            basis = np.stack([u**k for k in range(1, degree + 1)], axis=1)
+            coef, *_ = np.linalg.lstsq(basis, 1.0 / w - 1.0, rcond=None)
+            params = (1.0,) + tuple(coef[k - 1] / i[-1] ** k for k in range(1, degree + 1))
+            cand = cls("polynomial", params)
+            if np.max(np.abs(cand.weights(i) - w)) <= tol:
+                return cand
+        return cls("table", tuple(1.0 / w))
+
+    # -- fitting ------------------------------------------------------------------------------------------
+    @classmethod
+    def fit(
+        cls,
+        positions,
+        scores,
+        family: str = "exponential",
+        loss: str = "lsq",
+        weight=None,
+        degree: int = 3,
+        offset: bool = True,
+        max_steps: int = 500,
+    ) -> Trend:
+        """Fit T(x) to scores observed at positions (host side; optax L-BFGS in float64; deterministic).
+
+        positions, scores, weight: broadcastable arrays (e.g. positions (N,), scores (S, N), weight (S, N));
+        samples with weight 0, negative position (text) or non-finite score are ignored (pass the pad masks
+        as `weight` to exclude padding). loss "lsq": squared error of T vs score; "log": squared error of
+        log T vs log score (scores <= 0 ignored). Exponential: `offset` fits c (else c = 0); polynomial:
+        `degree`; table: per-position weighted mean, gaps interpolated (no optimiser needed).
+        """
+        if family not in FAMILIES:
+            raise ValueError(f"unknown trend family {family!r}")
+        if loss not in ("lsq", "log"):
+            raise ValueError(f"unknown loss {loss!r} (lsq | log)")
+        x, y, wt = np.broadcast_arrays(
+            np.asarray(positions, np.float64),
+            np.asarray(scores, np.float64),
+            np.asarray(1.0 if weight is None else weight, np.float64),
+        )
+        x, y, wt = x.reshape(-1), y.reshape(-1), wt.reshape(-1)
+        ok = (wt > 0) & (x >= 0) & np.isfinite(y)
+        if loss == "log":
+            ok &= y > 0
+        x, y, wt = x[ok], y[ok], wt[ok]
+        if x.size == 0:
+            raise ValueError("no samples left to fit (all masked)")
+        # Aggregate per unique position: the weighted loss differs from the per-sample one by a constant.
+        xu, inv = np.unique(x, return_inverse=True)
+        wu = np.bincount(inv, weights=wt)
+        target = np.log(y) if loss == "log" else y
+        yu = np.bincount(inv, weights=wt * target) / wu
+        if family == "table":
+            return cls._fit_table(xu, yu if loss == "lsq" else np.exp(yu))
+        xs = max(float(xu.max()), 1.0)
+        return _fit_optax(family, loss, xu / xs, yu, wu / wu.sum(), xs, degree, offset, max_steps)
+
+    @classmethod
+    def _fit_table(cls, xu, yu) -> Trend:
+        n = int(np.floor(xu.max())) + 1
+        grid = np.arange(n, dtype=np.float64)
+        return cls("table", tuple(np.interp(grid, xu, yu)))
+
+
+def _fit_optax(family, loss, u, yu, wu, xs, degree, offset, max_steps) -> Trend:
+    """L-BFGS (optax) on positions u = x/xs in [0, 1], targets normalised to mean 1, float64."""
+    import optax
+
+    with jax.enable_x64(True):
+        u = jnp.asarray(u, jnp.float64)
+        wu = jnp.asarray(wu, jnp.float64)
+        if loss == "log":
+            shift = float(np.dot(np.asarray(wu), yu))  # log-mean: normalise by exp(shift)
+            tgt = jnp.asarray(yu - shift)
+            scale = math.exp(shift)
+        else:
+            scale = float(np.dot(np.asarray(wu), yu)) or 1.0
+            tgt = jnp.asarray(yu / scale)
+
+        def lin_basis(beta):
+            cols = [jnp.exp(beta * u)] + ([jnp.ones_like(u)] if offset else [])
+            return jnp.stack(cols, axis=1)
+
+        def solve_linear(basis, t):  # weighted linear least squares (tiny normal equations)
+            a = basis.T @ (wu[:, None] * basis)
+            rhs = basis.T @ (wu * t)
+            ridge = 1e-14 * jnp.trace(a) * jnp.eye(a.shape[0])
+            return jnp.linalg.solve(a + ridge, rhs)
+
+        def poly(theta):
+            return jnp.polyval(theta[::-1], u)
+
+        def safe_log(v):
+            return jnp.log(jnp.maximum(v, 1e-30))
+
+        def run(fun, theta0):
+            opt = optax.lbfgs()
+            value_and_grad = optax.value_and_grad_from_state(fun)
+
+            def step(carry):
+                theta, state, _ = carry
+                value, grad = value_and_grad(theta, state=state)
+                updates, state = opt.update(grad, state, theta, value=value, grad=grad, value_fn=fun)
+                return optax.apply_updates(theta, updates), state, optax.tree.norm(grad)
+
+            def cont(carry):
+                _, state, gnorm = carry
+                count = optax.tree.get(state, "count")
+                return (count == 0) | ((count < max_steps) & (gnorm > 1e-13))
+
+            init = (theta0, opt.init(theta0), jnp.asarray(jnp.inf))
+            theta, _, _ = jax.lax.while_loop(cont, step, init)
+            return theta
+
+        if family == "exponential":
+            # Variable projection: for a fixed rate beta, (a, c) solve a linear least-squares problem, so
+            # L-BFGS only searches the 1-D rate (no (a, c) valley); log loss is refined on all of (a, b, c).
+            lin_tgt = jnp.exp(tgt) if loss == "log" else tgt
+
+            def vp_loss(beta_vec):
+                basis = lin_basis(beta_vec[0])
+                coef = solve_linear(basis, lin_tgt)
+                return jnp.sum(wu * (basis @ coef - lin_tgt) ** 2)
+
+            # start: slope of the weighted log-linear fit (exact for c = 0, a > 0)
+            ly = np.log(np.maximum(np.asarray(lin_tgt), 1e-12))
+            uu, ww = np.asarray(u), np.asarray(wu)
+            um = np.dot(ww, uu)
+            beta0 = float(np.dot(ww, (uu - um) * (ly - np.dot(ww, ly))) / max(np.dot(ww, (uu - um) ** 2), 1e-30))
+            beta = jax.jit(lambda b0: run(vp_loss, b0))(jnp.asarray([beta0]))[0]
+            coef = solve_linear(lin_basis(beta), lin_tgt)
+            a, c = coef[0], (coef[1] if offset else 0.0)
+            theta = jnp.stack([a, beta, jnp.asarray(c, jnp.float64)])
+            if loss == "log":
+
+                def log_loss(th):
+                    c_ = th[2] if offset else 0.0
+                    return jnp.sum(wu * (safe_log(th[0] * jnp.exp(th[1] * u) + c_) - tgt) ** 2)
+
+                theta = jax.jit(lambda t0: run(log_loss, t0))(theta)
+            a, beta, c = (float(v) for v in theta)
+            return Trend("exponential", (a * scale, beta / xs, (c if offset else 0.0) * scale))
+
+        # polynomial in u: linear least squares for lsq (L-BFGS from 0 converges to the solution); log loss
+        # refines from the lsq solution of exp(target).
+        theta0 = jnp.zeros(degree + 1, jnp.float64).at[0].set(1.0)
+        lin_tgt = jnp.exp(tgt) if loss == "log" else tgt
+        lsq = jax.jit(lambda t0: run(lambda th: jnp.sum(wu * (poly(th) - lin_tgt) ** 2), t0))
+        theta = lsq(theta0)
+        if loss == "log":
+            theta = jax.jit(lambda t0: run(lambda th: jnp.sum(wu * (safe_log(poly(th)) - tgt) ** 2), t0))(theta)
+        coefs = tuple(float(theta[k]) * scale / xs**k for k in range(degree + 1))
+        return Trend("polynomial", coefs)
+
+
+@dataclasses.dataclass(frozen=True)
+class Trend2D:
+    """Separable 2-D trend over (row, col) within a patch grid: T(r, c) = row(r) * col(c)."""
+
+    row: Trend
+    col: Trend
+
+    def __call__(self, rows, cols):
+        return self.row(rows) * self.col(cols)
+
+    def weights(self, rows, cols):
+        return self.row.weights(rows) * self.col.weights(cols)
+
+    @classmethod
+    def fit(cls, rows, cols, scores, weight=None, iters: int = 3, **kwargs) -> Trend2D:
+        """Alternating fits: the row trend on scores / col(c), then the col trend on scores / row(r)."""
+        rows, cols, scores = np.broadcast_arrays(*(np.asarray(a, np.float64) for a in (rows, cols, scores)))
+        col = Trend("polynomial", (1.0,))
+        row = col
+        for _ in range(iters):
+            row = Trend.fit(rows, scores / col(np.maximum(cols, 0)), weight=weight, **kwargs)
+            col = Trend.fit(cols, scores / row(np.maximum(rows, 0)), weight=weight, **kwargs)
+        return cls(row, col)
+
+
+def detrend(scores, positions, trend):
+    """Recency detrending: s'[i] = s[i] * T(0)/T(x_i) (METHOD.md technique 1).
+
+    scores (..., T); positions (..., T) raster index within the visual span (per frame for video: the
+    engine's `span_index`), negative for text tokens, which are returned untouched. For a `Trend2D` pass
+    positions as a (rows, cols) tuple of (..., T) arrays (`TokenState.row`, `.col`). Scores keep their dtype.
+    """
+    xp = _xp(scores, *(positions if isinstance(positions, tuple) else (positions,)))
+    scores = xp.asarray(scores)
+    if isinstance(positions, tuple):
+        if not isinstance(trend, Trend2D):
+            raise TypeError("(rows, cols) positions need a Trend2D")
+        rows, cols = (xp.asarray(p) for p in positions)
+        visual = (rows >= 0) & (cols >= 0)
+        w = trend.weights(xp.maximum(rows, 0), xp.maximum(cols, 0))
+    else:
+        if isinstance(trend, Trend2D):
+            raise TypeError("a Trend2D needs (rows, cols) positions")
+        positions = xp.asarray(positions)
+        visual = positions >= 0
+        w = trend.weights(xp.maximum(positions, 0))
+    return xp.where(visual, scores * w.astype(scores.dtype), scores)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The release's trends (jaxvlm/data: 41 weight files + the parameters recovered from them)
+# ----------------------------------------------------------------------------------------------------------
+
+METHODS = {  # our names and the release's folder names -> release folder
+    "fastv": "FastV",
+    "himap": "HiMAP",
+    "pdrop": "PyramidDrop",
+    "pyramiddrop": "PyramidDrop",
+    "sparsevlm": "SparseVLMs",
+    "sparsevlms": "SparseVLMs",
+    "tokencarve": "TokenCarve",
+}
+
+
+def _norm(name: str) -> str:
+    """Benchmark-name key that merges the release's spellings (mmvet / mm-vet, MME / mme, mmbench_cn)."""
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+def _method_folder(method: str) -> str:
+    key = _norm(method)
+    if key not in METHODS:
+        raise ValueError(f"no release trend for method {method!r} (have {sorted(set(METHODS.values()))})")
+    return METHODS[key]
+
+
+@functools.lru_cache(maxsize=1)
+def _trends_table() -> dict:
+    return json.loads(TRENDS_JSON.read_text())
+
+
+def release_benchmarks(method: str) -> tuple[str, ...]:
+    """Benchmark keys (normalised) with a release trend for `method` ("*" for FastV's single file)."""
+    return tuple(sorted(_trends_table()["trends"][_method_folder(method)]))
+
+
+def release_weights_path(method: str, benchmark: str | None = None) -> Path:
+    """Path of the release's .npy for (method, benchmark) inside the package (name mismatches resolved)."""
+    folder = _method_folder(method)
+    entry = _release_entry(folder, benchmark)
+    return WEIGHTS_DIR / entry["file"]
+
+
+def _release_entry(folder: str, benchmark: str | None) -> dict:
+    table = _trends_table()["trends"][folder]
+    if "*" in table:
+        return table["*"]
+    if benchmark is None:
+        raise ValueError(f"{folder} has one trend per benchmark: pass benchmark= (have {sorted(table)})")
+    key = _norm(benchmark)
+    if key not in table:
+        raise ValueError(f"no {folder} trend for benchmark {benchmark!r} (have {sorted(table)})")
+    return table[key]
+
+
+def release_trend(method: str, benchmark: str | None = None) -> Trend:
+    """The trend the release ships for (method, benchmark), from jaxvlm/data/trends.json.
+
+    method: fastv | himap | pdrop | sparsevlm | tokencarve (or the release's folder names); benchmark: gqa,
+    mmbench, mmbench_cn, mme, mmvet/mm-vet, pope, scienceqa, textvqa, vizwiz, vqav2 (ignored for FastV,
+    whose one cubic serves all). Note: the release's TokenCarve vqav2 file is a copy of its mmvet file.
+    """
+    return Trend.from_dict(_release_entry(_method_folder(method), benchmark))
+
+
+def build_trends_json(weights_dir: Path = WEIGHTS_DIR) -> dict:
+    """Recover every release file's parameters (Trend.from_weights) into the trends.json table."""
+    trends: dict[str, dict] = {}
+    for path in sorted(Path(weights_dir).glob("*/*.npy")):
+        folder = path.parent.name
+        key = "*" if folder == "FastV" else _norm(path.stem)
+        trend = Trend.from_weights(path)
+        trends.setdefault(folder, {})[key] = {**trend.to_dict(), "file": f"{folder}/{path.name}"}
+    return {
+        "source": "github.com/intcomp/attention-bias (Apache-2.0), playground/data/weight; w[i] = T(0)/T(i)",
+        "positions": "raster index 0..575 within LLaVA-1.5's 24x24 image span",
+        "trends": trends,
+    }
