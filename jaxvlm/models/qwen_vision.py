@@ -1,0 +1,239 @@
+"""The Qwen2-VL and Qwen2.5-VL vision transformers and their patch mergers, as pure functions.
+
+Both towers take every image and video frame of a batch as one packed sequence of patch rows (the
+processor's `pixel_values`: one row of C * temporal_patch * p * p values per patch, rows merge-block-major,
+i.e. every m*m consecutive rows form one spatial merge block). Attention never crosses an image or frame:
+the tower attends under a block-diagonal mask built from per-patch segment ids computed on the host.
+
+Qwen2-VL:   LayerNorm, quick_gelu MLP (fc1/fc2), every block attends over its whole image/frame,
+            merger = LayerNorm + MLP (GELU) over the m*m patches of each merge block.
+Qwen2.5-VL: RMSNorm, gated SiLU MLP with biases, window attention (windows of `window_size` pixels over the
+            merged grid) except in `fullatt_block_indexes`, merger with RMSNorm. Patches are processed in
+            window order (merge blocks reordered so each window is contiguous) and the merged tokens are put
+            back into raster order at the end. Which mask a block uses is a per-layer flag scanned with the
+            stacked layer weights, so every block runs the same traced code.
+
+Host side (`index_arrays`, numpy): rotary (row, col) per patch in processing order, the processing order
+itself, the segment ids of the full and the windowed attention, and the inverse order of merged tokens.
+
+Weights (layers stacked on L, linear weights [in, out]; D width, N heads, H head dim, F MLP width):
+    vision:    patch_embed (C*tp*p*p, D)
+               layers: attn_norm (L, D) [+ attn_norm_bias], wqkv (L, D, 3, N, H), bqkv (L, 3, N, H),
+                       wo (L, N, H, D), bo (L, D), mlp_norm (L, D) [+ mlp_norm_bias],
+                       Qwen2-VL: fc1 (L, D, F), fc1_b (L, F), fc2 (L, F, D), fc2_b (L, D)
+                       Qwen2.5-VL: w_gate/w_up (L, D, F), b_gate/b_up (L, F), w_down (L, F, D), b_down (L, D)
+    projector: norm (D,) [+ norm_bias (D,)], fc1 (m*m*D, m*m*D), fc1_b, fc2 (m*m*D, out), fc2_b (out,)
+([+ ..._bias] only for Qwen2-VL's LayerNorms.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxvlm.layers import activation, apply_rope, layer_norm, rms_norm
+
+NORM_EPS = 1e-6  # transformers hard-codes eps=1e-6 for every norm of both towers and mergers
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionConfig:
+    """A Qwen2-VL (`family="qwen2_vl"`) or Qwen2.5-VL (`"qwen2_5_vl"`) vision tower + merger."""
+
+    family: str
+    depth: int
+    hidden_size: int  # tower width D (Qwen2-VL's `embed_dim`, Qwen2.5-VL's `hidden_size`)
+    num_heads: int
+    intermediate_size: int  # MLP width F (Qwen2-VL: embed_dim * mlp_ratio)
+    hidden_act: str
+    out_hidden_size: int  # merger output = LLM width (Qwen2-VL's `hidden_size`, Qwen2.5-VL's `out_hidden_size`)
+    in_channels: int = 3
+    patch_size: int = 14
+    temporal_patch_size: int = 2
+    spatial_merge_size: int = 2
+    rope_theta: float = 10000.0
+    window_size: int = 0  # pixels; 0 = no window attention (Qwen2-VL)
+    fullatt_block_indexes: tuple[int, ...] = ()
+    tokens_per_second: float = 1.0  # Qwen2.5-VL video temporal position spacing
+
+    @property
+    def windowed(self) -> bool:
+        return self.family == "qwen2_5_vl"
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def patch_dim(self) -> int:
+        return self.in_channels * self.temporal_patch_size * self.patch_size**2
+
+    @property
+    def merge_unit(self) -> int:
+        return self.spatial_merge_size**2
+
+    def full_attention_layers(self) -> np.ndarray:
+        """(L,) bool: which blocks attend over the whole image/frame (all of them for Qwen2-VL)."""
+        if not self.windowed:
+            return np.ones(self.depth, bool)
+        return np.isin(np.arange(self.depth), np.asarray(self.fullatt_block_indexes, np.int64))
+
+
+def weight_shapes(cfg: VisionConfig) -> dict:
+    """Shapes of the vision tower ("vision") and merger ("projector") weights."""
+    L, D, F, N, H = cfg.depth, cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.head_dim
+    layers = {
+        "attn_norm": (L, D), "wqkv": (L, D, 3, N, H), "bqkv": (L, 3, N, H), "wo": (L, N, H, D), "bo": (L, D),
+        "mlp_norm": (L, D),
+    }
+    if cfg.windowed:
+        layers.update({"w_gate": (L, D, F), "b_gate": (L, F), "w_up": (L, D, F), "b_up": (L, F),
+                       "w_down": (L, F, D), "b_down": (L, D)})
+    else:
+        layers.update({"attn_norm_bias": (L, D), "mlp_norm_bias": (L, D),
+                       "fc1": (L, D, F), "fc1_b": (L, F), "fc2": (L, F, D), "fc2_b": (L, D)})
+    MD = cfg.merge_unit * D
+    projector = {"norm": (D,), "fc1": (MD, MD), "fc1_b": (MD,), "fc2": (MD, cfg.out_hidden_size),
+                 "fc2_b": (cfg.out_hidden_size,)}
+    if not cfg.windowed:
+        projector["norm_bias"] = (D,)
+    return {"vision": {"patch_embed": (cfg.patch_dim, D), "layers": layers}, "projector": projector}
+
+
+# ------------------------------------------------------------------------------------------ host side
+
+
+def check_grids(cfg: VisionConfig, grid_thw: np.ndarray, name: str) -> np.ndarray:
+    """Validate a (num_media, 3) grid array (t, h, w in patches); return it as int64."""
+    g = np.asarray(grid_thw)
+    if g.ndim != 2 or g.shape[1] != 3:
+        raise ValueError(f"{name} must have shape (num_media, 3), got {g.shape}")
+    g = g.astype(np.int64)
+    m = cfg.spatial_merge_size
+    if (g <= 0).any():
+        raise ValueError(f"{name} has non-positive entries: {g.tolist()}")
+    if (g[:, 1] % m).any() or (g[:, 2] % m).any():
+        raise ValueError(f"{name}: h and w must be multiples of spatial_merge_size={m}, got {g.tolist()}")
+    return g
+
+
+def index_arrays(cfg: VisionConfig, grids: np.ndarray) -> dict[str, np.ndarray]:
+    """Host-side index arrays for the packed patches of media with `grids` (M, 3) (t, h, w in patches).
+
+    Returns (Np = total patches, Nm = Np / m^2 merged tokens):
+      order (Np,)       processing order: patch row `order[i]` of the input is processed at slot i
+      rope_pos (Np, 2)  (row, col) of each processed patch in its image grid (rotary positions)
+      seg_full (Np,)    segment id = global frame id (full attention stays within an image/frame)
+      seg_window (Np,)  segment id = global window id (== seg_full for Qwen2-VL)
+      unorder (Nm,)     merged token j of the raster output is merged slot unorder[j]
+    """
+    m = cfg.spatial_merge_size
+    mu = m * m
+    win = cfg.window_size // m // cfg.patch_size if cfg.windowed else 0
+    # Per merged unit (in input order): merged (row, col), the position inside the merge block, frame, window.
+    frames, windows, mrows, mcols = [], [], [], []
+    frame_base = window_base = 0
+    for t, h, w in grids.tolist():
+        hm, wm = h // m, w // m
+        f, r, c = np.meshgrid(np.arange(t), np.arange(hm), np.arange(wm), indexing="ij")
+        f, r, c = f.ravel(), r.ravel(), c.ravel()
+        frames.append(frame_base + f)
+        if win:
+            nwh, nww = -(-hm // win), -(-wm // win)
+            windows.append(window_base + (f * nwh + r // win) * nww + c // win)
+            window_base += t * nwh * nww
+        else:
+            windows.append(frame_base + f)
+        frame_base += t
+        mrows.append(r)
+        mcols.append(c)
+    frame_u, window_u = np.concatenate(frames), np.concatenate(windows)
+    row_u, col_u = np.concatenate(mrows), np.concatenate(mcols)
+    nm = frame_u.size
+    # Window order of merged units: by window id (ids are frame-major, windows raster), then input order
+    # (raster within the frame, hence raster within the window). Qwen2-VL: identity.
+    unit_order = np.argsort(window_u, kind="stable") if win else np.arange(nm)
+    unorder = np.argsort(unit_order, kind="stable")
+    order = (unit_order[:, None] * mu + np.arange(mu)[None, :]).ravel()
+    # Rotary (row, col) of each patch: merge block (r, c) holds patches (r*m + i, c*m + j), i, j raster.
+    inner_r, inner_c = np.divmod(np.arange(mu), m)
+    prow = (row_u[:, None] * m + inner_r[None, :]).ravel()
+    pcol = (col_u[:, None] * m + inner_c[None, :]).ravel()
+    rope_pos = np.stack([prow, pcol], axis=-1)[order]
+    seg_full = np.repeat(frame_u, mu)[order]
+    seg_window = np.repeat(window_u, mu)[order]
+    i32 = lambda a: np.asarray(a, np.int32)  # noqa: E731
+    return {"order": i32(order), "rope_pos": i32(rope_pos), "seg_full": i32(seg_full),
+            "seg_window": i32(seg_window), "unorder": i32(unorder)}
+
+
+# ---------------------------------------------------------------------------------------- device side
+
+
+def _norm(cfg: VisionConfig, x, scale, bias):
+    if cfg.windowed:
+        return rms_norm(x, scale, NORM_EPS)
+    return layer_norm(x, scale, bias, NORM_EPS)
+
+
+def rotary(cfg: VisionConfig, rope_pos: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Axial 2-D rotary: cos, sin (1, Np, H/2) float32; the first H/4 frequencies rotate by row, the rest by col."""
+    spatial = cfg.head_dim // 2
+    inv = 1.0 / (cfg.rope_theta ** (np.arange(0, spatial, 2, dtype=np.float32) / spatial))  # (H/4,)
+    angles = rope_pos.astype(jnp.float32)[:, :, None] * jnp.asarray(inv, jnp.float32)  # (Np, 2, H/4)
+    angle = angles.reshape(angles.shape[0], -1)[None]  # (1, Np, H/2): [row freqs, col freqs]
+    return jnp.cos(angle), jnp.sin(angle)
+
+
+def block(cfg: VisionConfig, lw: dict, x_td: jax.Array, cos, sin, mask_ts: jax.Array) -> jax.Array:
+    """One vision block over the packed sequence x (T, D) under the boolean mask (T, S)."""
+    h = _norm(cfg, x_td, lw["attn_norm"], lw.get("attn_norm_bias"))
+    qkv = jnp.einsum("TD,DCNH->CTNH", h, lw["wqkv"]) + lw["bqkv"][:, None]
+    # Rotary in float32 and back, as transformers' apply_rotary_pos_emb_vision does.
+    q = apply_rope(qkv[0][None].astype(jnp.float32), cos, sin).astype(x_td.dtype)
+    k = apply_rope(qkv[1][None].astype(jnp.float32), cos, sin).astype(x_td.dtype)
+    attn = jax.nn.dot_product_attention(q, k, qkv[2][None], mask=mask_ts[None, None])[0]
+    x_td = x_td + jnp.einsum("TNH,NHD->TD", attn, lw["wo"]) + lw["bo"]
+    h = _norm(cfg, x_td, lw["mlp_norm"], lw.get("mlp_norm_bias"))
+    if cfg.windowed:
+        gate = jnp.einsum("TD,DF->TF", h, lw["w_gate"]) + lw["b_gate"]
+        up = jnp.einsum("TD,DF->TF", h, lw["w_up"]) + lw["b_up"]
+        y = jnp.einsum("TF,FD->TD", activation(cfg.hidden_act)(gate) * up, lw["w_down"]) + lw["b_down"]
+    else:
+        mid = activation(cfg.hidden_act)(jnp.einsum("TD,DF->TF", h, lw["fc1"]) + lw["fc1_b"])
+        y = jnp.einsum("TF,FD->TD", mid, lw["fc2"]) + lw["fc2_b"]
+    return x_td + y
+
+
+def tower(cfg: VisionConfig, vision_w: dict, patches: jax.Array, idx: dict) -> jax.Array:
+    """Patch embedding and all blocks: hidden states (Np, D) in processing order (`idx["order"]`)."""
+    w_embed = vision_w["patch_embed"]
+    x = patches[idx["order"]].astype(w_embed.dtype) @ w_embed
+    cos, sin = rotary(cfg, idx["rope_pos"])
+    seg_full, seg_win = idx["seg_full"], idx["seg_window"]
+    mask_full = seg_full[:, None] == seg_full[None, :]
+    mask_win = seg_win[:, None] == seg_win[None, :]
+    full_l = jnp.asarray(cfg.full_attention_layers())
+
+    def step(x, per_layer):
+        lw, full = per_layer
+        return block(cfg, lw, x, cos, sin, jnp.where(full, mask_full, mask_win)), None
+
+    x, _ = jax.lax.scan(step, x, (vision_w["layers"], full_l))
+    return x
+
+
+def merge(cfg: VisionConfig, proj_w: dict, hidden_td: jax.Array, unorder: jax.Array) -> jax.Array:
+    """Patch merger: norm, concatenate each merge block's m*m patches, MLP; (Nm, out) in raster order."""
+    h = _norm(cfg, hidden_td, proj_w["norm"], proj_w.get("norm_bias"))
+    h = h.reshape(-1, cfg.merge_unit * cfg.hidden_size)
+    h = jax.nn.gelu(h @ proj_w["fc1"] + proj_w["fc1_b"], approximate=False)
+    return (h @ proj_w["fc2"] + proj_w["fc2_b"])[unorder]
+
+
+def encode(cfg: VisionConfig, vision_w: dict, proj_w: dict, patches: jax.Array, idx: dict) -> jax.Array:
+    """Packed patch rows (Np, C*tp*p*p) -> merged visual features (Nm, out), media after media, raster order."""
+    return merge(cfg, proj_w, tower(cfg, vision_w, patches, idx), idx["unorder"])
