@@ -12,6 +12,7 @@ transformers' `masked_scatter`: image k fills the k-th run of `tokens_per_image`
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any, Mapping
 
 import jax
@@ -37,6 +38,8 @@ class LlavaConfig:
     feature_strategy: str = "default"  # "default": drop the CLS token; "full": keep it
     pad_token_id: int | None = None
     family: str = "llava"
+    # The config.json dict this was parsed from, as JSON (for jaxvlm.save); not part of equality or hash.
+    hf_json: str = dataclasses.field(default="", compare=False, repr=False)
 
     @property
     def grid(self) -> int:
@@ -89,6 +92,7 @@ def parse_config(d: Mapping[str, Any]) -> LlavaConfig:
         text=text, vision=vision, image_token_id=int(image_token), projector_act=str(act),
         projector_bias=bool(d.get("multimodal_projector_bias", True)), feature_layers=layers,
         feature_strategy=strategy, pad_token_id=d.get("pad_token_id"),
+        hf_json=json.dumps(dict(d), sort_keys=True, default=str),
     )
     seq = d.get("image_seq_length")
     require(SECTION, seq is None or int(seq) == cfg.tokens_per_image,
