@@ -1,35 +1,25 @@
-"""`jaxvlm.forward`: one prefill pass returning logits (the unpruned path; pruning stages extend it)."""
+"""`jaxvlm.forward`: one prefill pass returning logits, unpruned or through a pruning schedule.
+
+`forward` shares the engine's bucketing, planning and prefill with `generate` (jaxvlm/engine/api.py).
+`_forward_unpruned(params, batch)` is the plain, unbucketed reference path over an already prepared batch.
+"""
 
 from __future__ import annotations
 
-import functools
-
 import jax
-from flax import struct
 
+from jaxvlm.engine.api import ForwardOutput, forward, forward_embedded
 from jaxvlm.layers import causal_mask
 from jaxvlm.model import VLM, family
 from jaxvlm.models import decoder
 
-
-@struct.dataclass
-class ForwardOutput:
-    logits: jax.Array  # (B, T, V) float32
-    kept: tuple = ()  # one (B, K_stage) int32 array per pruning stage
+__all__ = ["ForwardOutput", "forward", "forward_embedded"]
 
 
-@functools.partial(jax.jit, static_argnames=())
+@jax.jit
 def _forward_unpruned(params: VLM, batch: dict) -> jax.Array:
     cfg = params.config.text
     emb = family(params).embed(params, batch)
     cos, sin = decoder.rotary(emb.positions, cfg)
     x, _ = decoder.run_layers(params.weights["text"]["layers"], emb.embeds, cos, sin, causal_mask(emb.valid), cfg)
     return decoder.final_logits(params.weights["text"], x, cfg)
-
-
-def forward(params: VLM, prune=None, **inputs) -> ForwardOutput:
-    """Logits (B, T, V) float32 for transformers-style named inputs (numpy or jax arrays)."""
-    if prune is not None:
-        raise NotImplementedError("pruned forward is provided by the engine (issue 4)")
-    batch = family(params).prepare(params.config, **inputs)
-    return ForwardOutput(logits=_forward_unpruned(params, batch))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 from flax import struct
 
 
@@ -24,3 +25,59 @@ class TokenState:
     row: jax.Array  # int32: row in its (merged) patch grid; -1 text
     col: jax.Array  # int32: column in its (merged) patch grid; -1 text
     span_index: jax.Array  # int32: raster index within its image/frame; -1 text
+
+    @property
+    def batch(self) -> int:
+        return self.valid.shape[0]
+
+    @property
+    def length(self) -> int:
+        return self.valid.shape[1]
+
+
+# Fields that are per-slot (B, T) metadata and get -1 on invalid slots after a gather.
+_INDEX_FIELDS = ("src", "media", "frame", "row", "col", "span_index")
+
+
+def from_embedded(emb) -> TokenState:
+    """The token state entering decoder layer 0: the input embeddings plus their metadata, src = arange(T)."""
+    b, t = emb.valid.shape
+    src = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    return TokenState(
+        x=emb.embeds, positions=emb.positions.astype(jnp.int32), valid=emb.valid.astype(bool),
+        visual=emb.visual.astype(bool) & emb.valid.astype(bool), src=jnp.where(emb.valid, src, -1),
+        media=emb.media, frame=emb.frame, row=emb.row, col=emb.col, span_index=emb.span_index,
+    )
+
+
+def gather(state: TokenState, order_bt: jax.Array, valid_bt: jax.Array) -> TokenState:
+    """Gather every field at slots `order_bt` (B, T') and mark slots with `valid_bt` False as padding.
+
+    Padding slots carry zeros in `x`, -1 in every index field and False in `visual`: masked, never garbage.
+    """
+    take = lambda a: jnp.take_along_axis(a, order_bt, axis=1)  # noqa: E731
+    x = jnp.take_along_axis(state.x, order_bt[:, :, None], axis=1)
+    positions = jnp.take_along_axis(state.positions, order_bt[None], axis=2)
+    fields = {name: jnp.where(valid_bt, take(getattr(state, name)), -1) for name in _INDEX_FIELDS}
+    return TokenState(
+        x=jnp.where(valid_bt[:, :, None], x, jnp.zeros((), x.dtype)),
+        positions=jnp.where(valid_bt[None], positions, 0),
+        valid=valid_bt,
+        visual=take(state.visual) & valid_bt,
+        **fields,
+    )
+
+
+def pad_to(state: TokenState, length: int) -> TokenState:
+    """Append padding slots so the token axis has `length` slots (a bucket)."""
+    extra = length - state.length
+    if extra == 0:
+        return state
+    if extra < 0:
+        raise ValueError(f"cannot pad {state.length} slots down to {length}")
+    pad = lambda a, value, axis=1: jnp.concatenate(  # noqa: E731
+        [a, jnp.full(a.shape[:axis] + (extra,) + a.shape[axis + 1:], value, a.dtype)], axis=axis)
+    return TokenState(
+        x=pad(state.x, 0), positions=pad(state.positions, 0, axis=2), valid=pad(state.valid, False),
+        visual=pad(state.visual, False), **{name: pad(getattr(state, name), -1) for name in _INDEX_FIELDS},
+    )

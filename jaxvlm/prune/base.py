@@ -9,6 +9,24 @@ part of the compiled program's identity. At a stage the engine:
   4. keeps every valid text token plus the selected visual slots (order preserved), gathers the TokenState,
      and runs decoder layers from `stage.layer` on the shorter sequence.
 Debiasing wraps `score` only (see jaxvlm.prune.debiased), so it knows nothing about the method.
+
+Engine rules a stage can rely on (jaxvlm/engine/prefill.py):
+- `score_layer` is None, or `prev_stage.layer <= score_layer <= layer`.
+  * score_layer < layer (FastV: layer - 1): the scoring rows' queries come from that layer's input hidden
+    states (its input norm + q projection + RoPE) and the keys are that layer's own cached keys.
+  * score_layer == layer (PyramidDrop): queries AND keys are recomputed with layer `layer`'s input norm and q/k
+    projections (+RoPE) on the current hidden states `ctx.state.x`.
+- Logits are causal: row slot r sees key slots <= r that are valid.
+- Only valid visual slots are candidates; every valid text slot and each row's last valid slot are always kept.
+- `Selection.slots` may be in any order; the engine keeps slot order (the sequence stays sorted by input index).
+- `keep` must not exceed the visual tokens entering the stage (the batch maximum at the first stage, the
+  previous stage's `keep` after it): a host-side ValueError otherwise. Rows with fewer candidates keep
+  padding slots (valid False).
+- Optional attribute `renumber: bool` (default False): after the stage, positions of the survivors are
+  renumbered contiguously per row (PyramidDrop's upstream default); otherwise original positions are kept.
+- Stages must be frozen dataclasses (hashable): the schedule is a static argument of the compiled program.
+The helpers at the bottom (`last_token_rows`, `attention_scores`, `top_k_visual`) implement FastV's pieces;
+methods reuse them.
 """
 
 from __future__ import annotations
@@ -16,6 +34,7 @@ from __future__ import annotations
 from typing import Protocol
 
 import jax
+import jax.numpy as jnp
 from flax import struct
 
 from jaxvlm.engine.state import TokenState
@@ -58,3 +77,34 @@ class Stage(Protocol):
 
     def select(self, ctx: StageContext, scores: jax.Array) -> Selection:
         """Which visual slots to keep (default: top-`keep` scores among valid visual slots)."""
+
+
+# ------------------------------------------------------------------------ helpers shared by the methods
+
+
+def last_token_rows(state: TokenState) -> tuple[jax.Array, jax.Array]:
+    """One scoring row per batch row: the last valid slot (the last prompt token). (B, 1) int32, (B, 1) f32."""
+    t = state.valid.shape[1]
+    last = jnp.max(jnp.where(state.valid, jnp.arange(t, dtype=jnp.int32), 0), axis=1)
+    return last[:, None], jnp.ones((state.valid.shape[0], 1), jnp.float32)
+
+
+def attention_scores(ctx: StageContext) -> jax.Array:
+    """(B, T) softmax attention probabilities of the scoring rows, mean over heads, weighted sum over rows."""
+    probs = jax.nn.softmax(ctx.logits, axis=-1)  # (B, N, R, T)
+    per_row = jnp.mean(probs, axis=1)  # (B, R, T)
+    return jnp.einsum("BRS,BR->BS", per_row, ctx.row_weight)
+
+
+def candidates(state: TokenState) -> jax.Array:
+    """(B, T) bool: the slots a stage may drop or keep (valid visual tokens)."""
+    return state.valid & state.visual
+
+
+def top_k_visual(ctx: StageContext, scores: jax.Array, keep: int) -> Selection:
+    """The `keep` highest-scored candidate slots per row; -1 where a row has fewer candidates."""
+    cand = candidates(ctx.state)
+    finite = jnp.nan_to_num(scores.astype(jnp.float32), nan=-3e38, neginf=-3e38, posinf=3e38)
+    _, slots = jax.lax.top_k(jnp.where(cand, finite, -jnp.inf), keep)
+    ok = jnp.arange(keep)[None, :] < jnp.sum(cand, axis=1, keepdims=True)
+    return Selection(slots=jnp.where(ok, slots, -1).astype(jnp.int32))

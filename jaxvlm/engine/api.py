@@ -1,0 +1,249 @@
+"""`jaxvlm.generate` and the pruned `jaxvlm.forward`: host-side bucketing and planning around one jit each.
+
+Host side (numpy, per call): pad the prompt axis to a bucket (multiple of BUCKET, padding on the right with
+attention_mask 0), run the family's `prepare`, count visual tokens per row, validate the schedule and derive the
+static plan (jaxvlm/engine/prefill.py). Device side (one compiled program per (bucket, plan, batch size, sampling
+mode)): embed -> token state -> prefill segments and stages -> last-token logits -> decode loop.
+
+`TRACE_COUNTS` counts how often each program body was traced (= compiled): tests use it to prove that two
+prompt lengths in one bucket share a program.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from jaxvlm.config import TextConfig
+from jaxvlm.engine import sharding as shard
+from jaxvlm.engine.decode import Sampling, decode
+from jaxvlm.engine.prefill import Plan, make_plan, prefill
+from jaxvlm.engine.state import TokenState, from_embedded, pad_to
+from jaxvlm.models import decoder
+
+BUCKET = 64  # prompt lengths are padded to a multiple of this
+TRACE_COUNTS: collections.Counter = collections.Counter()
+
+
+@struct.dataclass
+class GenerateOutput:
+    tokens: jax.Array  # (B, max_new_tokens) int32, pad id after EOS
+    kept: tuple = ()  # one (B, keep) int32 per stage: input indices of surviving visual tokens, -1 where fewer
+
+
+@struct.dataclass
+class ForwardOutput:
+    logits: jax.Array  # (B, T, V) float32; with pruning (B, T_final, V) at the surviving slots
+    kept: tuple = ()  # one (B, keep) int32 per pruning stage
+    src: jax.Array | None = None  # (B, T_final) input index of each logits row (-1: padding slot); pruned only
+
+
+def bucket_length(t: int, bucket: int = BUCKET) -> int:
+    return max(bucket, -(-int(t) // bucket) * bucket)
+
+
+# ------------------------------------------------------------------------------------------- device
+
+
+def _last_slot(valid_bt: jax.Array) -> jax.Array:
+    t = valid_bt.shape[1]
+    return jnp.max(jnp.where(valid_bt, jnp.arange(t, dtype=jnp.int32), 0), axis=1)
+
+
+def _generate_core(text_w, cfg: TextConfig, state: TokenState, key, sampling: Sampling, plan: Plan,
+                   eos: tuple, pad_id: int, mesh, embeds=None):
+    TRACE_COUNTS["generate"] += 1
+    b = state.batch
+    state = shard.shard_state(state, mesh)
+    state, caches, kept = prefill(text_w, cfg, state, plan, embeds=embeds)
+    last = _last_slot(state.valid)
+    x_last = jnp.take_along_axis(state.x, last[:, None, None], axis=1)  # gather before the vocab matmul
+    logits = decoder.final_logits(text_w, x_last, cfg)[:, 0]
+    start_pos = jnp.max(jnp.where(state.valid[None], state.positions, -1), axis=(0, 2)) + 1
+    tokens = decode(text_w, cfg, plan, caches, logits, start_pos.astype(jnp.int32), state.positions.shape[0],
+                    key, sampling, eos, pad_id, plan.max_new)
+    return tokens[:b], tuple(k[:b] for k in kept)
+
+
+def _forward_core(text_w, cfg: TextConfig, state: TokenState, plan: Plan, mesh, embeds=None):
+    TRACE_COUNTS["forward"] += 1
+    b = state.batch
+    state = shard.shard_state(state, mesh)
+    state, _, kept = prefill(text_w, cfg, state, plan, embeds=embeds)
+    logits = decoder.final_logits(text_w, state.x, cfg)
+    return logits[:b], tuple(k[:b] for k in kept), state.src[:b]
+
+
+_STATIC = ("plan", "eos", "pad_id", "mesh")
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _generate_vlm(params, batch, key, sampling, plan, eos, pad_id, mesh):
+    from jaxvlm.model import family
+
+    emb = family(params).embed(params, batch)
+    state = pad_to(from_embedded(emb), plan.lengths[0])
+    return _generate_core(params.weights["text"], params.config.text, state, key, sampling, plan, eos, pad_id,
+                          mesh, embeds=emb.embeds)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC + ("cfg",))
+def _generate_embedded(text_w, state, key, sampling, cfg, plan, eos, pad_id, mesh):
+    return _generate_core(text_w, cfg, state, key, sampling, plan, eos, pad_id, mesh, embeds=state.x)
+
+
+@functools.partial(jax.jit, static_argnames=("plan", "mesh"))
+def _forward_vlm(params, batch, plan, mesh):
+    from jaxvlm.model import family
+
+    emb = family(params).embed(params, batch)
+    state = pad_to(from_embedded(emb), plan.lengths[0])
+    return _forward_core(params.weights["text"], params.config.text, state, plan, mesh, embeds=emb.embeds)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "plan", "mesh"))
+def _forward_embedded(text_w, state, cfg, plan, mesh):
+    return _forward_core(text_w, cfg, state, plan, mesh, embeds=state.x)
+
+
+# --------------------------------------------------------------------------------------------- host
+
+
+def _eos_tuple(eos_token_id) -> tuple[int, ...]:
+    if eos_token_id is None:
+        return ()
+    if isinstance(eos_token_id, (int, np.integer)):
+        return (int(eos_token_id),)
+    return tuple(int(e) for e in eos_token_id)
+
+
+def _sampling(temperature: float, top_p: float) -> Sampling:
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1 (got {temperature}, {top_p})")
+    greedy = temperature == 0
+    return Sampling(temperature=jnp.float32(temperature if not greedy else 1.0), top_p=jnp.float32(top_p),
+                    greedy=greedy, use_top_p=(not greedy) and top_p < 1.0)
+
+
+def _media_token_ids(config) -> set[int]:
+    ids = set()
+    for name in ("image_token_id", "video_token_id", "image_token_index", "video_token_index"):
+        v = getattr(config, name, None)
+        if isinstance(v, (int, np.integer)):
+            ids.add(int(v))
+    return ids
+
+
+def pad_inputs(config, inputs: dict, bucket: int) -> tuple[dict, np.ndarray]:
+    """Right-pad every (B, T) input to `bucket` (attention_mask 0, ids a non-media id). Returns (inputs, mask)."""
+    ids = np.asarray(inputs["input_ids"])
+    if ids.ndim != 2:
+        raise ValueError(f"input_ids must be (B, T), got shape {ids.shape}")
+    b, t = ids.shape
+    mask = inputs.get("attention_mask")
+    mask = np.ones((b, t), np.int64) if mask is None else np.asarray(mask)
+    if mask.shape != (b, t):
+        raise ValueError(f"attention_mask shape {mask.shape} != input_ids shape {ids.shape}")
+    media = _media_token_ids(config)
+    pad_id = next(i for i in range(len(media) + 1) if i not in media)
+    out = dict(inputs)
+    out["attention_mask"] = mask
+    extra = bucket - t
+    for name, value in inputs.items():
+        if name in ("pixel_values", "pixel_values_videos", "image_sizes", "image_grid_thw", "video_grid_thw"):
+            continue
+        arr = np.asarray(value) if value is not None else None
+        if arr is None or arr.ndim < 2 or arr.shape[:2] != (b, t):
+            continue
+        fill = pad_id if name == "input_ids" else 0
+        out[name] = np.concatenate([arr, np.full((b, extra) + arr.shape[2:], fill, arr.dtype)], axis=1)
+    if "attention_mask" not in inputs or inputs["attention_mask"] is None:
+        out["attention_mask"] = np.concatenate([mask, np.zeros((b, extra), mask.dtype)], axis=1)
+    return out, mask
+
+
+def visual_counts(config, input_ids, attention_mask) -> np.ndarray:
+    """Visual tokens per row (image and video placeholder ids among the real tokens)."""
+    ids, mask = np.asarray(input_ids), np.asarray(attention_mask).astype(bool)
+    media = _media_token_ids(config)
+    return np.sum(np.isin(ids, list(media)) & mask, axis=1) if media else np.zeros(ids.shape[0], np.int64)
+
+
+def _prepared(params, inputs: dict, prune, max_new: int):
+    """(batch, plan, T): bucketed inputs through the family's prepare, and the static plan."""
+    from jaxvlm.model import family
+
+    if "input_ids" not in inputs:
+        raise ValueError("input_ids is required")
+    t = np.asarray(inputs["input_ids"]).shape[1]
+    bucket = bucket_length(t)
+    padded, mask = pad_inputs(params.config, inputs, bucket)
+    counts = visual_counts(params.config, inputs["input_ids"], mask)
+    plan = make_plan(params.config.text, prune, bucket, counts, max_new)
+    batch = family(params).prepare(params.config, **padded)
+    return batch, plan, t
+
+
+def generate(params, prune=None, max_new_tokens: int = 32, temperature: float = 0.0, top_p: float = 1.0,
+             seed: int = 0, eos_token_id=None, pad_token_id: int | None = None, mesh=None,
+             **inputs) -> GenerateOutput:
+    """Generate `max_new_tokens` tokens per row (API.md). Greedy when temperature == 0.
+
+    After a row's EOS (any of `eos_token_id`) its tokens are `pad_token_id` (default: the first EOS id, else 0,
+    as transformers does). `mesh` (see jaxvlm.engine.sharding.data_mesh) shards the batch across devices.
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    eos = _eos_tuple(eos_token_id)
+    pad_id = int(pad_token_id if pad_token_id is not None else (eos[0] if eos else 0))
+    batch, plan, _ = _prepared(params, inputs, prune, max_new_tokens)
+    tokens, kept = _generate_vlm(params, batch, jax.random.key(seed), _sampling(temperature, top_p),
+                                 plan=plan, eos=eos, pad_id=pad_id, mesh=mesh)
+    return GenerateOutput(tokens=tokens, kept=kept)
+
+
+def forward(params, prune=None, mesh=None, **inputs) -> ForwardOutput:
+    """Prefill logits (API.md). prune=None: (B, T, V) at every input position; with a schedule: (B, T_final, V)
+    at the surviving slots (`out.src` maps each slot to its input index, -1 for padding) plus `out.kept`."""
+    batch, plan, t = _prepared(params, inputs, prune, 0)
+    logits, kept, src = _forward_vlm(params, batch, plan=plan, mesh=mesh)
+    if not plan.stages:
+        return ForwardOutput(logits=logits[:, :t])
+    return ForwardOutput(logits=logits, kept=kept, src=src)
+
+
+# ------------------------------------------------------------- embedded inputs (tests, custom front ends)
+
+
+def _embedded_plan(cfg, emb, prune, max_new):
+    """(plan, T, bucketed TokenState): the embedded batch padded to its bucket on the host side of the jit."""
+    t = emb.valid.shape[1]
+    counts = np.sum(np.asarray(emb.visual) & np.asarray(emb.valid), axis=1)
+    plan = make_plan(cfg, prune, bucket_length(t), counts, max_new)
+    return plan, t, pad_to(from_embedded(emb), plan.lengths[0])
+
+
+def generate_embedded(text_w: dict, cfg: TextConfig, emb, prune=None, max_new_tokens: int = 32,
+                      temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, eos_token_id=None,
+                      pad_token_id: int | None = None, mesh=None) -> GenerateOutput:
+    """`generate` from an already embedded batch (jaxvlm.model.Embedded) and text-decoder weights."""
+    eos = _eos_tuple(eos_token_id)
+    pad_id = int(pad_token_id if pad_token_id is not None else (eos[0] if eos else 0))
+    plan, _, state = _embedded_plan(cfg, emb, prune, max_new_tokens)
+    tokens, kept = _generate_embedded(text_w, state, jax.random.key(seed), _sampling(temperature, top_p), cfg=cfg,
+                                      plan=plan, eos=eos, pad_id=pad_id, mesh=mesh)
+    return GenerateOutput(tokens=tokens, kept=kept)
+
+
+def forward_embedded(text_w: dict, cfg: TextConfig, emb, prune=None, mesh=None) -> ForwardOutput:
+    """`forward` from an already embedded batch."""
+    plan, t, state = _embedded_plan(cfg, emb, prune, 0)
+    logits, kept, src = _forward_embedded(text_w, state, cfg=cfg, plan=plan, mesh=mesh)
+    if not plan.stages:
+        return ForwardOutput(logits=logits[:, :t])
+    return ForwardOutput(logits=logits, kept=kept, src=src)

@@ -1,0 +1,233 @@
+"""Prefill in segments between pruning stages, with a KV cache per segment (DESIGN: "caches").
+
+    plan = make_plan(cfg, schedule, bucket, visual_counts, max_new)      # host side, static
+    state, caches, kept = prefill(text_w, cfg, state0, plan)            # jittable
+
+Segment i runs decoder layers [plan.bounds[i]) over T_i = plan.lengths[i] slots. At stage i the engine scores
+the slots with the stage's query rows only (never a T x T matrix outside the fused attention), selects
+`stage.keep` visual slots per row, keeps every valid text slot, and gathers the TokenState (order preserved) into
+T_{i+1} = T_i - max(0, V_floor - keep) slots, with V_floor a static lower bound of the visual tokens of every
+row (the batch minimum, floored to a multiple of VISUAL_BUCKET so nearby counts share a program). Rows with more
+room than survivors carry padding slots (valid False).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxvlm.config import TextConfig
+from jaxvlm.engine import state as token_state
+from jaxvlm.engine.state import TokenState
+from jaxvlm.layers import apply_rope, attention_logits, causal_mask, rms_norm
+from jaxvlm.models import decoder
+
+# Static lower bounds of visual tokens per row are floored to multiples of this (fewer distinct programs).
+VISUAL_BUCKET = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Static description of one prefill: segment layer bounds, slot counts, stages, cache headroom."""
+
+    stages: tuple  # the schedule (Stage values)
+    bounds: tuple[tuple[int, int], ...]  # layers [start, stop) of each segment
+    lengths: tuple[int, ...]  # T_i, slots entering each segment
+    max_new: int  # cache headroom for decode (0: no caches)
+
+
+def make_plan(cfg: TextConfig, schedule, bucket: int, visual_counts, max_new: int) -> Plan:
+    """Validate `schedule` against the model and batch (host-side errors) and derive the static sizes.
+
+    visual_counts: number of visual tokens of each row (numpy / list), used for the static lower bound and to
+    refuse budgets larger than the candidates.
+    """
+    stages = tuple(schedule or ())
+    counts = np.asarray(visual_counts, dtype=np.int64).reshape(-1)
+    v_min = int(counts.min()) if counts.size else 0
+    v_max = int(counts.max()) if counts.size else 0
+    capacity_floor = (v_min // VISUAL_BUCKET) * VISUAL_BUCKET
+    capacity = v_max
+    bounds, lengths = [], [bucket]
+    start, prev_layer = 0, 0
+    for i, st in enumerate(stages):
+        name = f"pruning stage {i} ({type(st).__name__})"
+        for attr in ("layer", "score_layer", "keep", "query_rows", "score", "select"):
+            if not hasattr(st, attr):
+                raise ValueError(f"{name}: not a pruning Stage (missing {attr!r}; see jaxvlm.prune.base)")
+        try:
+            hash(st)
+        except TypeError as e:
+            raise ValueError(f"{name}: stages must be hashable (frozen dataclasses)") from e
+        layer, keep, score_layer = st.layer, st.keep, st.score_layer
+        if not isinstance(layer, (int, np.integer)) or not 0 <= layer < cfg.num_layers:
+            raise ValueError(f"{name}: layer {layer!r} must be an int in [0, {cfg.num_layers})")
+        if i and layer <= prev_layer:
+            raise ValueError(f"{name}: stage layers must be strictly increasing (got {layer} after {prev_layer})")
+        if score_layer is not None and not (prev_layer <= score_layer <= layer):
+            raise ValueError(f"{name}: score_layer {score_layer} must lie in [{prev_layer}, {layer}] "
+                             "(the segment before the stage)")
+        if not isinstance(keep, (int, np.integer)) or keep < 0:
+            raise ValueError(f"{name}: keep must be a non-negative int, got {keep!r}")
+        if keep > capacity:
+            raise ValueError(f"{name}: budget keep={keep} exceeds the {capacity} visual tokens available at this "
+                             "stage (the batch's largest visual count at the first stage, the previous stage's "
+                             "keep after it)")
+        bounds.append((start, layer))
+        lengths.append(lengths[-1] - max(0, capacity_floor - keep))
+        capacity, capacity_floor = keep, min(keep, capacity_floor)
+        start = prev_layer = layer
+    bounds.append((start, cfg.num_layers))
+    return Plan(stages=stages, bounds=tuple(bounds), lengths=tuple(lengths), max_new=int(max_new))
+
+
+# ------------------------------------------------------------------------------------------- scoring
+
+
+def _layer_weights(layers: dict, index: int) -> dict:
+    return jax.tree.map(lambda w: w[index], layers)
+
+
+def _rows_query(lw: dict, x_btd, positions_pbt, rows_br, cfg: TextConfig):
+    """Queries (B, R, N, H) of the scoring rows: input norm, q projection (+bias), RoPE at the rows' positions."""
+    xr = jnp.take_along_axis(x_btd, rows_br[:, :, None], axis=1)
+    pos = jnp.take_along_axis(positions_pbt, rows_br[None], axis=2)
+    cos, sin = decoder.rotary(pos, cfg)
+    h = rms_norm(xr, lw["attn_norm"], cfg.rms_norm_eps)
+    q = jnp.einsum("BRD,DNH->BRNH", h, lw["wq"])
+    if "bq" in lw:
+        q = q + lw["bq"]
+    return apply_rope(q, cos, sin)
+
+
+def _keys(lw: dict, x_btd, positions_pbt, cfg: TextConfig):
+    """Post-RoPE keys (B, T, K, H) of one layer on hidden states entering it."""
+    cos, sin = decoder.rotary(positions_pbt, cfg)
+    h = rms_norm(x_btd, lw["attn_norm"], cfg.rms_norm_eps)
+    k = jnp.einsum("BTD,DKH->BTKH", h, lw["wk"])
+    if "bk" in lw:
+        k = k + lw["bk"]
+    return apply_rope(k, cos, sin)
+
+
+def _row_logits(lw, x_in, keys, state: TokenState, rows, cfg):
+    """(B, N, R, T) causal, masked attention logits of the scoring rows against `keys`."""
+    q = _rows_query(lw, x_in, state.positions, rows, cfg)
+    t = state.length
+    mask = state.valid[:, None, :] & (jnp.arange(t)[None, None, :] <= rows[:, :, None])
+    return attention_logits(q, keys, mask)
+
+
+# -------------------------------------------------------------------------------------------- stages
+
+
+def apply_stage(stage, state: TokenState, ctx: StageContext, new_length: int):
+    """Score, select and gather: returns (next TokenState (B, new_length), kept (B, keep) input indices)."""
+    b, t = state.valid.shape
+    scores = stage.score(ctx)
+    sel = stage.select(ctx, scores)
+    slots = sel.slots.astype(jnp.int32)
+    cand = state.valid & state.visual
+    rows = jnp.arange(b)[:, None]
+    safe = jnp.where(slots < 0, t, slots)  # out of range -> dropped by the scatter
+    chosen = jnp.zeros((b, t), bool).at[rows, safe].set(True, mode="drop") & cand
+    x = state.x
+    if sel.x is not None:  # merging methods: replacement hidden states for the kept slots
+        x = x.at[rows, safe].set(sel.x.astype(x.dtype), mode="drop")
+        state = state.replace(x=x)
+    slot = jnp.arange(t, dtype=jnp.int32)
+    last = jnp.max(jnp.where(state.valid, slot, -1), axis=1, keepdims=True)
+    keep = state.valid & (~state.visual | chosen | (slot[None] == last))
+    order = jnp.argsort(jnp.where(keep, slot[None], t + slot[None]), axis=1)[:, :new_length].astype(jnp.int32)
+    valid = jnp.take_along_axis(keep, order, axis=1)
+    nxt = token_state.gather(state, order, valid)
+    if getattr(stage, "renumber", False):
+        renum = (jnp.cumsum(valid, axis=1) - 1).astype(jnp.int32)
+        nxt = nxt.replace(positions=jnp.where(valid[None], jnp.broadcast_to(renum, nxt.positions.shape), 0))
+    # kept: input indices of the surviving visual slots, ascending, -1 where fewer.
+    src = jnp.take_along_axis(state.src, jnp.where(slots < 0, 0, slots), axis=1)
+    ok = (slots >= 0) & jnp.take_along_axis(chosen, jnp.where(slots < 0, 0, slots), axis=1)
+    big = jnp.iinfo(jnp.int32).max
+    kept = jnp.sort(jnp.where(ok, src, big), axis=1)
+    return nxt, jnp.where(kept == big, -1, kept).astype(jnp.int32)
+
+
+# ------------------------------------------------------------------------------------------- prefill
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class SegmentCache:
+    """KV cache of one segment: k, v (L_seg, B, T_i + max_new, K, H) and the slots' validity (B, T_i + max_new)."""
+
+    k: jax.Array
+    v: jax.Array
+    valid: jax.Array
+
+
+def _run(layers, start, stop, x, cos, sin, mask, cfg):
+    """Layers [start, stop) over x; returns (x, (k, v) (L, B, T, K, H) or None when empty)."""
+    if stop <= start:
+        return x, None
+    return decoder.run_layers(decoder.slice_layers(layers, start, stop), x, cos, sin, mask, cfg)
+
+
+def _cat(parts):
+    parts = [p for p in parts if p is not None]
+    if not parts:
+        return None
+    if len(parts) == 1:
+        return parts[0]
+    return tuple(jnp.concatenate([p[j] for p in parts], axis=0) for j in range(2))
+
+
+def prefill(text_w: dict, cfg: TextConfig, state: TokenState, plan: Plan, embeds=None):
+    """Run all segments and stages. Returns (final TokenState, caches, kept).
+
+    caches: one SegmentCache per segment of `plan.bounds` (None for an empty segment; no caches at all when
+    plan.max_new == 0); kept: one (B, keep) int32 array of input indices per stage.
+    """
+    layers = text_w["layers"]
+    caches, kept = [], []
+    for i, (start, stop) in enumerate(plan.bounds):
+        stage = plan.stages[i] if i < len(plan.stages) else None
+        cos, sin = decoder.rotary(state.positions, cfg)
+        mask = causal_mask(state.valid)
+        logits = rows = weights = keys = None
+        if stage is not None and stage.score_layer is not None and stage.score_layer < stop:
+            sl = stage.score_layer
+            x_in, kv_a = _run(layers, start, sl, state.x, cos, sin, mask, cfg)
+            x, kv_b = _run(layers, sl, sl + 1, x_in, cos, sin, mask, cfg)
+            keys = kv_b[0][0]
+            rows, weights = stage.query_rows(state)
+            logits = _row_logits(_layer_weights(layers, sl), x_in, keys, state, rows, cfg)
+            x, kv_c = _run(layers, sl + 1, stop, x, cos, sin, mask, cfg)
+            kv = _cat([kv_a, kv_b, kv_c])
+        else:
+            x, kv = _run(layers, start, stop, state.x, cos, sin, mask, cfg)
+        state = state.replace(x=x)
+        if plan.max_new and kv is None:  # a stage before layer 0 leaves an empty first segment
+            caches.append(None)
+        elif plan.max_new:
+            pad = ((0, 0), (0, 0), (0, plan.max_new), (0, 0), (0, 0))
+            valid = jnp.pad(state.valid, ((0, 0), (0, plan.max_new)))
+            caches.append(SegmentCache(k=jnp.pad(kv[0], pad), v=jnp.pad(kv[1], pad), valid=valid))
+        if stage is None:
+            continue
+        if stage.score_layer is not None and stage.score_layer == stage.layer:  # PyramidDrop-style recompute
+            lw = _layer_weights(layers, stage.layer)
+            keys = _keys(lw, state.x, state.positions, cfg)
+            rows, weights = stage.query_rows(state)
+            logits = _row_logits(lw, state.x, keys, state, rows, cfg)
+        from jaxvlm.prune.base import StageContext  # lazy: jaxvlm.prune.base imports the engine's state
+
+        ctx = StageContext(
+            state=state, logits=logits, row_slots=rows, row_weight=weights, keys=keys,
+            pad=jnp.zeros_like(state.valid), embeds=embeds,
+        )
+        state, k = apply_stage(stage, state, ctx, plan.lengths[i + 1])
+        kept.append(k)
+    return state, tuple(caches), tuple(kept)
