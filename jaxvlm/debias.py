@@ -365,95 +365,102 @@ class Trend:
         return cls("table", tuple(np.interp(grid, xu, yu)))
 
 
-def _fit_optax(family, loss, u, yu, wu, xs, degree, offset, max_steps) -> Trend:
-    """L-BFGS (optax) on positions u = x/xs in [0, 1], targets normalised to mean 1, float64."""
+def _lbfgs(fun, theta0, max_steps):
+    """Minimise fun from theta0 with optax L-BFGS (zoom line search) until |grad| <= 1e-13 or max_steps."""
     import optax
 
+    opt = optax.lbfgs()
+    value_and_grad = optax.value_and_grad_from_state(fun)
+
+    def step(carry):
+        theta, state, _ = carry
+        value, grad = value_and_grad(theta, state=state)
+        updates, state = opt.update(grad, state, theta, value=value, grad=grad, value_fn=fun)
+        return optax.apply_updates(theta, updates), state, optax.tree.norm(grad)
+
+    def cont(carry):
+        _, state, gnorm = carry
+        count = optax.tree.get(state, "count")
+        return (count == 0) | ((count < max_steps) & (gnorm > 1e-13))
+
+    theta, _, _ = jax.lax.while_loop(cont, step, (theta0, opt.init(theta0), jnp.asarray(jnp.inf, theta0.dtype)))
+    return theta
+
+
+def _exp_basis(beta, u, offset):
+    cols = [jnp.exp(beta * u)] + ([jnp.ones_like(u)] if offset else [])
+    return jnp.stack(cols, axis=1)
+
+
+def _weighted_lstsq(basis, t, wu):
+    """Weighted linear least squares through tiny (ridge-stabilised) normal equations."""
+    a = basis.T @ (wu[:, None] * basis)
+    rhs = basis.T @ (wu * t)
+    return jnp.linalg.solve(a + 1e-14 * jnp.trace(a) * jnp.eye(a.shape[0], dtype=a.dtype), rhs)
+
+
+def _safe_log(v):
+    return jnp.log(jnp.maximum(v, 1e-30))
+
+
+@functools.partial(jax.jit, static_argnames=("offset", "log", "max_steps"))
+def _fit_exponential(u, tgt, wu, beta0, *, offset, log, max_steps):
+    """(a, beta, c) of a*exp(beta*u) + c. Variable projection: for a fixed rate the amplitude and offset
+    solve a linear least-squares problem, so L-BFGS searches only the rate (no (a, c) valley); the log
+    loss is then refined on all three parameters."""
+    lin = jnp.exp(tgt) if log else tgt
+
+    def vp_loss(beta_vec):
+        basis = _exp_basis(beta_vec[0], u, offset)
+        return jnp.sum(wu * (basis @ _weighted_lstsq(basis, lin, wu) - lin) ** 2)
+
+    beta = _lbfgs(vp_loss, beta0[None], max_steps)[0]
+    coef = _weighted_lstsq(_exp_basis(beta, u, offset), lin, wu)
+    theta = jnp.stack([coef[0], beta, coef[1] if offset else jnp.zeros((), u.dtype)])
+    if log:
+
+        def log_loss(th):
+            c = th[2] if offset else 0.0
+            return jnp.sum(wu * (_safe_log(th[0] * jnp.exp(th[1] * u) + c) - tgt) ** 2)
+
+        theta = _lbfgs(log_loss, theta, max_steps)
+    return theta
+
+
+@functools.partial(jax.jit, static_argnames=("degree", "log", "max_steps"))
+def _fit_polynomial(u, tgt, wu, *, degree, log, max_steps):
+    """Coefficients in u (lowest first): L-BFGS on the (convex) least squares from (1, 0, ...), then the log
+    loss refined from there."""
+    lin = jnp.exp(tgt) if log else tgt
+
+    def poly(th):
+        return jnp.polyval(th[::-1], u)
+
+    theta = jnp.zeros(degree + 1, u.dtype).at[0].set(1.0)
+    theta = _lbfgs(lambda th: jnp.sum(wu * (poly(th) - lin) ** 2), theta, max_steps)
+    if log:
+        theta = _lbfgs(lambda th: jnp.sum(wu * (_safe_log(poly(th)) - tgt) ** 2), theta, max_steps)
+    return theta
+
+
+def _fit_optax(family, loss, u, yu, wu, xs, degree, offset, max_steps) -> Trend:
+    """Fit on positions u = x/xs in [0, 1] with targets normalised to mean 1, in float64, then map back."""
+    log = loss == "log"
+    mean = float(np.dot(wu, yu))
+    scale = math.exp(mean) if log else (mean or 1.0)
+    tgt = yu - mean if log else yu / scale
     with jax.enable_x64(True):
-        u = jnp.asarray(u, jnp.float64)
-        wu = jnp.asarray(wu, jnp.float64)
-        if loss == "log":
-            shift = float(np.dot(np.asarray(wu), yu))  # log-mean: normalise by exp(shift)
-            tgt = jnp.asarray(yu - shift)
-            scale = math.exp(shift)
-        else:
-            scale = float(np.dot(np.asarray(wu), yu)) or 1.0
-            tgt = jnp.asarray(yu / scale)
-
-        def lin_basis(beta):
-            cols = [jnp.exp(beta * u)] + ([jnp.ones_like(u)] if offset else [])
-            return jnp.stack(cols, axis=1)
-
-        def solve_linear(basis, t):  # weighted linear least squares (tiny normal equations)
-            a = basis.T @ (wu[:, None] * basis)
-            rhs = basis.T @ (wu * t)
-            ridge = 1e-14 * jnp.trace(a) * jnp.eye(a.shape[0])
-            return jnp.linalg.solve(a + ridge, rhs)
-
-        def poly(theta):
-            return jnp.polyval(theta[::-1], u)
-
-        def safe_log(v):
-            return jnp.log(jnp.maximum(v, 1e-30))
-
-        def run(fun, theta0):
-            opt = optax.lbfgs()
-            value_and_grad = optax.value_and_grad_from_state(fun)
-
-            def step(carry):
-                theta, state, _ = carry
-                value, grad = value_and_grad(theta, state=state)
-                updates, state = opt.update(grad, state, theta, value=value, grad=grad, value_fn=fun)
-                return optax.apply_updates(theta, updates), state, optax.tree.norm(grad)
-
-            def cont(carry):
-                _, state, gnorm = carry
-                count = optax.tree.get(state, "count")
-                return (count == 0) | ((count < max_steps) & (gnorm > 1e-13))
-
-            init = (theta0, opt.init(theta0), jnp.asarray(jnp.inf))
-            theta, _, _ = jax.lax.while_loop(cont, step, init)
-            return theta
-
+        u64, t64, w64 = (jnp.asarray(a, jnp.float64) for a in (u, tgt, wu))
         if family == "exponential":
-            # Variable projection: for a fixed rate beta, (a, c) solve a linear least-squares problem, so
-            # L-BFGS only searches the 1-D rate (no (a, c) valley); log loss is refined on all of (a, b, c).
-            lin_tgt = jnp.exp(tgt) if loss == "log" else tgt
-
-            def vp_loss(beta_vec):
-                basis = lin_basis(beta_vec[0])
-                coef = solve_linear(basis, lin_tgt)
-                return jnp.sum(wu * (basis @ coef - lin_tgt) ** 2)
-
-            # start: slope of the weighted log-linear fit (exact for c = 0, a > 0)
-            ly = np.log(np.maximum(np.asarray(lin_tgt), 1e-12))
-            uu, ww = np.asarray(u), np.asarray(wu)
-            um = np.dot(ww, uu)
-            beta0 = float(np.dot(ww, (uu - um) * (ly - np.dot(ww, ly))) / max(np.dot(ww, (uu - um) ** 2), 1e-30))
-            beta = jax.jit(lambda b0: run(vp_loss, b0))(jnp.asarray([beta0]))[0]
-            coef = solve_linear(lin_basis(beta), lin_tgt)
-            a, c = coef[0], (coef[1] if offset else 0.0)
-            theta = jnp.stack([a, beta, jnp.asarray(c, jnp.float64)])
-            if loss == "log":
-
-                def log_loss(th):
-                    c_ = th[2] if offset else 0.0
-                    return jnp.sum(wu * (safe_log(th[0] * jnp.exp(th[1] * u) + c_) - tgt) ** 2)
-
-                theta = jax.jit(lambda t0: run(log_loss, t0))(theta)
+            # start: slope of the weighted log-linear fit (exact when c = 0)
+            ly = tgt if log else np.log(np.maximum(tgt, 1e-12))
+            um = np.dot(wu, u)
+            beta0 = np.dot(wu, (u - um) * (ly - np.dot(wu, ly))) / max(np.dot(wu, (u - um) ** 2), 1e-30)
+            theta = _fit_exponential(u64, t64, w64, jnp.asarray(beta0, jnp.float64), offset=offset, log=log, max_steps=max_steps)
             a, beta, c = (float(v) for v in theta)
-            return Trend("exponential", (a * scale, beta / xs, (c if offset else 0.0) * scale))
-
-        # polynomial in u: linear least squares for lsq (L-BFGS from 0 converges to the solution); log loss
-        # refines from the lsq solution of exp(target).
-        theta0 = jnp.zeros(degree + 1, jnp.float64).at[0].set(1.0)
-        lin_tgt = jnp.exp(tgt) if loss == "log" else tgt
-        lsq = jax.jit(lambda t0: run(lambda th: jnp.sum(wu * (poly(th) - lin_tgt) ** 2), t0))
-        theta = lsq(theta0)
-        if loss == "log":
-            theta = jax.jit(lambda t0: run(lambda th: jnp.sum(wu * (safe_log(poly(th)) - tgt) ** 2), t0))(theta)
-        coefs = tuple(float(theta[k]) * scale / xs**k for k in range(degree + 1))
-        return Trend("polynomial", coefs)
+            return Trend("exponential", (a * scale, beta / xs, c * scale if offset else 0.0))
+        theta = _fit_polynomial(u64, t64, w64, degree=degree, log=log, max_steps=max_steps)
+        return Trend("polynomial", tuple(float(theta[k]) * scale / xs**k for k in range(degree + 1)))
 
 
 @dataclasses.dataclass(frozen=True)
