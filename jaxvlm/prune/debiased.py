@@ -1,0 +1,259 @@
+"""`prune.debiased`: attention debiasing (METHOD.md) wrapped around a method's `score`, knowing nothing about it.
+
+    prune.debiased(prune.fastv(2, 128), trend=debias.release_trend("fastv"), pad_threshold=0.5)
+    prune.debiased_fastv()                        # the release's recipe; setting="original"|"padding"|"recency"|"both"
+
+At the wrapped stage: scores = suppress_padding(detrend(score(ctx), span_index, trend), ~ctx.pad)
+(s * w(x) then s * mask, the release's `s * mask * w`). Positions are the tokens' raster index within their
+visual span (`TokenState.span_index`, gathered through earlier stages, so later stages see ORIGINAL positions);
+a `debias.Trend2D` uses (row, col) instead.
+
+Budget under padding suppression (METHOD.md section 3): "lower" (FastV's rule) removes padding patches from the
+candidates, so fewer than K tokens survive when fewer non-padding ones exist; "fill" keeps K and lets padding
+tokens (score 0) fill up. Default per method (`stage.budget_default`), override with `budget=`.
+For attention-free methods (DART, DivPrune, VisionZip) the score is not debiased; padding=True removes padding
+patches from their candidates.
+
+Which stages: "first" (the release: only the first attention-based selection over the full grid) or "all"
+(opt-in extension: every attention-based stage). `release_shift=True` evaluates the trend one raster position
+earlier (span_index - 1), as the release's FastV / TokenCarve do with their hard-coded image offset of 36 (their
+window also always keeps image token 0 and lets the first text token compete; that part is not reproduced).
+
+The engine builds `StageContext.pad` from the wrapped stage's `pad_threshold` and `pad_variant` ("release":
+`debias.pad_mask`; "sparsevlm": the bilinear pixel-mask variant; "unpad": FastV's integer unpadding).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxvlm import debias
+from jaxvlm.prune import common
+from jaxvlm.prune.base import StageContext
+
+PAD_VARIANTS = ("release", "sparsevlm", "unpad")
+SETTINGS = {  # our names and the release's switch names
+    "original": (False, False), "paper": (False, False),
+    "padding": (False, True), "before": (False, True),
+    "recency": (True, False),
+    "both": (True, True), "after": (True, True),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Debiased:
+    """A stage whose `score` is debiased; everything else is the inner stage's (attributes delegate to it)."""
+
+    inner: Any
+    trend: Any = None  # debias.Trend | debias.Trend2D (hashable); required when recency=True
+    recency: bool = True
+    padding: bool = True
+    pad_threshold: float = 0.5
+    pad_variant: str = "release"
+    budget: str | None = None  # None: inner.budget_default
+    release_shift: bool = False
+
+    def __post_init__(self):
+        if self.recency and self.trend is None:
+            raise ValueError("recency=True needs a trend (e.g. jaxvlm.debias.release_trend('fastv'))")
+        if self.recency and not getattr(self.inner, "attention_based", True):
+            raise ValueError(f"{type(self.inner).__name__} is not attention-scored: recency detrending does not "
+                             "apply (use recency=False; padding masks still do)")
+        if not 0.0 <= float(self.pad_threshold) < 1.0:
+            raise ValueError(f"pad_threshold={self.pad_threshold!r} must be in [0, 1)")
+        if self.pad_variant not in PAD_VARIANTS:
+            raise ValueError(f"pad_variant={self.pad_variant!r}: expected one of {PAD_VARIANTS}")
+        if self.budget is not None:
+            common.check_budget_mode(self.budget)
+        hash(self.trend)
+
+    # -- the Stage protocol ----------------------------------------------------------------------------------
+    @property
+    def layer(self) -> int:
+        return self.inner.layer
+
+    @property
+    def score_layer(self):
+        return self.inner.score_layer
+
+    @property
+    def keep(self) -> int:
+        return self.inner.keep
+
+    @property
+    def renumber(self) -> bool:
+        return getattr(self.inner, "renumber", False)
+
+    @property
+    def budget_mode(self) -> str:
+        return self.budget or getattr(self.inner, "budget_default", "fill")
+
+    def __getattr__(self, name):  # other method attributes (attention_based, n_select, ...)
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def query_rows(self, state):
+        return self.inner.query_rows(state)
+
+    def score(self, ctx: StageContext) -> jax.Array:
+        scores = self.inner.score(ctx)
+        if not getattr(self.inner, "attention_based", True):
+            return scores
+        st = ctx.state
+        if self.recency:
+            if isinstance(self.trend, debias.Trend2D):
+                scores = debias.detrend(scores, (st.row, st.col), self.trend)
+            else:
+                pos = st.span_index
+                if self.release_shift:
+                    pos = jnp.where(pos >= 0, jnp.maximum(pos - 1, 0), pos)
+                scores = debias.detrend(scores, pos, self.trend)
+        if self.padding:
+            scores = debias.suppress_padding(scores, ~ctx.pad)
+        return scores
+
+    def select(self, ctx: StageContext, scores: jax.Array):
+        lower = self.budget_mode == "lower" or not getattr(self.inner, "attention_based", True)
+        if self.padding and lower:
+            st = ctx.state
+            ctx = ctx.replace(state=st.replace(valid=st.valid & ~(ctx.pad & st.visual)))
+        return self.inner.select(ctx, scores)
+
+
+def _as_schedule(method_or_schedule) -> tuple:
+    if isinstance(method_or_schedule, (tuple, list)):
+        return tuple(method_or_schedule)
+    if hasattr(method_or_schedule, "score"):
+        return (method_or_schedule,)
+    raise TypeError(f"expected a pruning stage or a schedule (tuple of stages), got {method_or_schedule!r}")
+
+
+def debiased(method_or_schedule, trend=None, pad_threshold: float | None = None, recency: bool = True,
+             padding: bool = True, stages: str = "first", release_shift: bool = False, budget: str | None = None,
+             pad_variant: str = "release") -> tuple:
+    """Wrap the schedule's first attention-based stage (stages="all": every one) with debiasing. Returns a schedule.
+
+    recency: divide out `trend` (debias.Trend / Trend2D; required); padding: suppress padding patches
+    (threshold `pad_threshold`, default 0.5). Attention-free stages only get padding (candidate removal)."""
+    schedule = _as_schedule(method_or_schedule)
+    if stages not in ("first", "all"):
+        raise ValueError(f"stages={stages!r}: expected 'first' or 'all'")
+    if not schedule:
+        raise ValueError("empty schedule: nothing to debias")
+    if not recency and not padding:
+        return schedule
+    if recency and trend is None:
+        raise ValueError("recency=True needs trend= (e.g. jaxvlm.debias.release_trend('fastv'))")
+    attn = [i for i, st in enumerate(schedule) if getattr(st, "attention_based", True)]
+    if attn:
+        targets = attn if stages == "all" else attn[:1]
+    elif recency:
+        raise ValueError("no attention-scored stage in this schedule: recency detrending does not apply "
+                         "(use recency=False for padding suppression only)")
+    else:
+        targets = list(range(len(schedule))) if stages == "all" else [0]
+    out = list(schedule)
+    for i in targets:
+        st = out[i]
+        if isinstance(st, Debiased):
+            raise ValueError(f"stage {i} is already debiased")
+        is_attn = getattr(st, "attention_based", True)
+        out[i] = Debiased(inner=st, trend=trend if (recency and is_attn) else None, recency=recency and is_attn,
+                          padding=padding, pad_threshold=0.5 if pad_threshold is None else float(pad_threshold),
+                          pad_variant=pad_variant, budget=budget, release_shift=release_shift)
+    return tuple(out)
+
+
+# ------------------------------------------------------------------------------------------------ presets
+
+
+def _setting(setting: str) -> tuple[bool, bool]:
+    if setting not in SETTINGS:
+        raise ValueError(f"setting={setting!r}: expected one of {sorted(SETTINGS)} "
+                         "(original/paper, padding/before, recency, both/after)")
+    return SETTINGS[setting]
+
+
+def _preset(schedule, setting, trend, pad_threshold, pad_variant="release", **kwargs) -> tuple:
+    recency, padding = _setting(setting)
+    if not recency and not padding:
+        return tuple(schedule)
+    return debiased(schedule, trend=trend if recency else None, pad_threshold=pad_threshold, recency=recency,
+                    padding=padding, pad_variant=pad_variant, **kwargs)
+
+
+def debiased_fastv(setting: str = "both", layer: int = 2, keep: int = 128, pad_threshold: float = 0.5,
+                   trend=None, **kwargs) -> tuple:
+    """FastV K=2, keep 128, padding threshold 0.5, the release's cubic trend; budget lowered to the valid count.
+
+    setting="padding" uses the release's integer-unpadding mask ("before" in its FastV code)."""
+    from jaxvlm.prune.fastv import fastv
+
+    trend = trend or debias.release_trend("fastv")
+    variant = "unpad" if setting in ("padding", "before") else "release"
+    return _preset(fastv(layer=layer, keep=keep), setting, trend, pad_threshold, variant, **kwargs)
+
+
+def debiased_himap(setting: str = "both", benchmark: str = "gqa", text_layer: int = 2, text_keep: int = 115,
+                   image_layer: int = 8, image_keep: int = 90, pad_threshold: float = 0.5, trend=None,
+                   **kwargs) -> tuple:
+    """HiMAP 2/115 then 8/90, padding 0.5, the release's per-benchmark exponential trend (stage 1 only)."""
+    from jaxvlm.prune.himap import himap
+
+    trend = trend or debias.release_trend("himap", benchmark)
+    sched = himap(text_layer=text_layer, text_keep=text_keep, image_layer=image_layer, image_keep=image_keep)
+    return _preset(sched, setting, trend, pad_threshold, **kwargs)
+
+
+def debiased_pdrop(setting: str = "both", benchmark: str = "gqa", layers=(2, 10, 20), ratios=(0.32, 0.16, 0.08),
+                   pad_threshold: float = 0.01, trend=None, n_visual: int = common.LLAVA_VISUAL_TOKENS,
+                   **kwargs) -> tuple:
+    """PyramidDrop [2,10,20] x .32/.16/.08 (184/92/46 of 576), padding threshold 0.01, first stage debiased."""
+    from jaxvlm.prune.pdrop import pdrop
+
+    trend = trend or debias.release_trend("pdrop", benchmark)
+    return _preset(pdrop(layers=layers, ratios=ratios, n_visual=n_visual), setting, trend, pad_threshold, **kwargs)
+
+
+def debiased_sparsevlm(setting: str = "both", benchmark: str = "gqa", budget: int = 128,
+                       pad_threshold: float = 0.5, trend=None, n_visual: int = common.LLAVA_VISUAL_TOKENS,
+                       **kwargs) -> tuple:
+    """SparseVLM v1.5, budget 128 -> [303,110,36] at layers [2,6,15], bilinear pixel pad mask (>= 0.5 kept)."""
+    from jaxvlm.prune.sparsevlm import sparsevlm
+
+    trend = trend or debias.release_trend("sparsevlm", benchmark)
+    return _preset(sparsevlm(budget=budget, n_visual=n_visual), setting, trend, pad_threshold, "sparsevlm", **kwargs)
+
+
+def debiased_tokencarve(setting: str = "both", benchmark: str = "gqa", keep: int = 64, pad_threshold: float = 0.5,
+                        trend=None, **kwargs) -> tuple:
+    """TokenCarve N=64 (select 96, merge 32), padding 0.5; only the attention (AV) branch is debiased."""
+    from jaxvlm.prune.tokencarve import tokencarve
+
+    trend = trend or debias.release_trend("tokencarve", benchmark)
+    return _preset(tokencarve(keep=keep), setting, trend, pad_threshold, **kwargs)
+
+
+def debiased_illava(setting: str = "both", layers=(8,), keep_ratio: float = 0.7, pad_threshold: float = 0.5,
+                    trend=None, **kwargs) -> tuple:
+    """iLLaVA's LLM stage debiased (the paper reports it; the release ships no code nor trend): pass a trend
+    (defaults to FastV's cubic, the closest released last-token attention trend)."""
+    from jaxvlm.prune.illava import illava
+
+    trend = trend or debias.release_trend("fastv")
+    return _preset(illava(layers=layers, keep_ratio=keep_ratio), setting, trend, pad_threshold, **kwargs)
+
+
+PRESETS = {
+    "fastv": debiased_fastv,
+    "himap": debiased_himap,
+    "pdrop": debiased_pdrop,
+    "sparsevlm": debiased_sparsevlm,
+    "tokencarve": debiased_tokencarve,
+    "illava": debiased_illava,
+}

@@ -1,0 +1,62 @@
+"""FastV (pkunlp-icler/FastV), the in-place drop: at layer K, rank the visual tokens by the head-mean attention
+that the last prompt token paid them at layer K-1 and keep the top R (text is always kept).
+
+    prune.fastv(layer=2, keep=128)            # the debiasing release's setting (K=2, R=128 of 576)
+    prune.fastv(layer=2, drop_ratio=0.75)     # FastV's own notation: K=2, R=75% dropped -> keep 144 of 576
+
+Survivors keep their original positions; layers < K keep their full KV cache (engine). Budget rule under
+padding suppression: FastV lowers K to the number of non-padding tokens (`budget_default = "lower"`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from jaxvlm.prune import common
+from jaxvlm.prune.base import StageContext
+
+
+def fastv_scores(logits: jax.Array, row_weight: jax.Array, cand: jax.Array) -> jax.Array:
+    """(B, T) FastV importance: softmax of the scoring row's logits (B, N, R, T), mean over heads, (weighted
+    mean over rows; FastV has one row, the last prompt token), zero off the candidate (visual) slots."""
+    s = common.weighted_rows(common.head_mean_probs(logits), row_weight, "mean")
+    return jnp.where(cand, s, 0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class FastV(common.TopKStage):
+    layer: int = 2
+    keep: int = 128
+    budget_default = "lower"
+
+    def __post_init__(self):
+        common.check_layer("FastV layer", self.layer, low=1)
+        common.check_count("FastV keep", self.keep)
+
+    @property
+    def score_layer(self) -> int:
+        return self.layer - 1
+
+    def query_rows(self, state):
+        return common.last_token_rows(state)
+
+    def score(self, ctx: StageContext) -> jax.Array:
+        return fastv_scores(ctx.logits, ctx.row_weight, common.candidates(ctx.state))
+
+
+def fastv(layer: int = 2, keep: int | None = None, drop_ratio: float | None = None,
+          n_visual: int = common.LLAVA_VISUAL_TOKENS) -> tuple[FastV]:
+    """FastV schedule (one stage). Give `keep` (tokens kept) or `drop_ratio` (fraction of `n_visual` dropped)."""
+    if keep is not None and drop_ratio is not None:
+        raise ValueError("give keep or drop_ratio, not both")
+    if keep is None:
+        if drop_ratio is None:
+            keep = 128
+        else:
+            if not 0.0 <= float(drop_ratio) < 1.0:
+                raise ValueError(f"drop_ratio={drop_ratio!r} must be in [0, 1)")
+            keep = int(round(common.check_count("n_visual", n_visual) * (1.0 - float(drop_ratio))))
+    return (FastV(layer=layer, keep=keep),)
