@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 from typing import Any, Mapping
 
 import jax
@@ -49,6 +50,7 @@ class QwenVLConfig:
     video_token_id: int = 151656
     vision_start_token_id: int = 151652
     vision_end_token_id: int = 151653
+    hf_json: str = dataclasses.field(default="", compare=False, repr=False)  # the parsed config.json (for save)
 
 
 # ------------------------------------------------------------------------------------------- config
@@ -155,7 +157,8 @@ def parse_config(hf: Mapping[str, Any]) -> QwenVLConfig:
             f"merger output {vision.out_hidden_size} != text hidden_size {text.hidden_size}")
     ids = {k: int(hf[k]) for k in ("image_token_id", "video_token_id", "vision_start_token_id",
                                    "vision_end_token_id") if hf.get(k) is not None}
-    return QwenVLConfig(family=family, text=text, vision=vision, **ids)
+    return QwenVLConfig(family=family, text=text, vision=vision, **ids,
+                        hf_json=json.dumps(dict(hf), sort_keys=True, default=str))
 
 
 def weight_shapes(cfg: QwenVLConfig) -> dict:
