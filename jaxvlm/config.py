@@ -142,6 +142,8 @@ def parse_text_config(
     check_fields(section, d, TEXT_KEYS, TEXT_BENIGN | set(extra_benign))
     require(section, d.get("hidden_act", "silu") == "silu", f"hidden_act {d.get('hidden_act')!r} != 'silu'")
     require(section, not d.get("use_sliding_window", False), "use_sliding_window=True is not implemented")
+    # mlp_bias is in GENERIC_BENIGN_FIELDS (harmless at its default False); True would add biases we do not load.
+    require(section, not d.get("mlp_bias", False), "mlp_bias=True is not implemented")
     layer_types = d.get("layer_types")
     require(section, not layer_types or set(layer_types) == {"full_attention"},
             "layer_types other than full_attention are not implemented")
