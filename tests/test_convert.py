@@ -1,0 +1,212 @@
+"""Checkpoint conversion of LLaVA: every HF key layout (single file and sharded), float32 / bfloat16, orbax
+round trip, `python -m converters`, and clear errors that leave nothing half-written."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import save_file
+
+from converters import ConversionError, export, table_for
+from converters.__main__ import main as convert_main
+from jaxvlm import io
+from jaxvlm.config import UnsupportedConfigError
+from llava_reference import hf_config_dict, to_jax, torch_model
+
+LAYOUTS = ("hub", "save_pretrained", "memory", "memory_hubvision")
+
+
+def leaves_equal(a, b, atol=0.0):
+    fa, fb = jax.tree_util.tree_flatten_with_path(a)[0], jax.tree_util.tree_flatten_with_path(b)[0]
+    assert [p for p, _ in fa] == [p for p, _ in fb]
+    for (p, x), (_, y) in zip(fa, fb):
+        assert x.shape == y.shape and x.dtype == y.dtype, p
+        np.testing.assert_allclose(np.asarray(x, np.float32), np.asarray(y, np.float32), atol=atol, rtol=0,
+                                   err_msg=str(p))
+
+
+def write_checkpoint(path, tensors: dict, config: dict, shards: int = 1) -> str:
+    """A HF-style directory: config.json + one safetensors file or `shards` files with an index."""
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(config, f)
+    tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+    if shards == 1:
+        save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+        return str(path)
+    keys, weight_map = sorted(tensors), {}
+    for s in range(shards):
+        name = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
+        part = {k: tensors[k] for k in keys[s::shards]}
+        save_file(part, os.path.join(path, name), metadata={"format": "pt"})
+        weight_map.update({k: name for k in part})
+    with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {}, "weight_map": weight_map}, f)
+    return str(path)
+
+
+def read_all(path) -> dict:
+    from safetensors.numpy import load_file
+
+    out = {}
+    for f in sorted(os.listdir(path)):
+        if f.endswith(".safetensors"):
+            out.update(load_file(os.path.join(path, f)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """(torch model, its weights converted in memory, config dict, save_pretrained directory)."""
+    config = hf_config_dict(gqa=True, text_layers=2, vision_layers=2)
+    model = torch_model(config)
+    path = tmp_path_factory.mktemp("hf") / "save_pretrained"
+    model.save_pretrained(path)
+    return model, to_jax(model, config), config, str(path)
+
+
+def test_save_pretrained_layout_loads(reference):
+    model, params, config, path = reference
+    loaded = io.load(path)
+    assert loaded.config == params.config
+    leaves_equal(loaded.weights, params.weights)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shards", [1, 3])
+def test_every_layout_round_trips(reference, tmp_path, layout, shards):
+    """jax -> HF (layout) -> jax is the identity, single file or sharded with an index."""
+    _, params, config, _ = reference
+    tensors = dict(export(table_for(params.config), params.weights, layout))
+    path = write_checkpoint(tmp_path / layout, tensors, config, shards=shards)
+    leaves_equal(io.load(path).weights, params.weights)
+
+
+def test_export_reproduces_save_pretrained_files(reference):
+    """HF -> jax -> HF (save_pretrained layout) gives back exactly the files transformers wrote."""
+    _, _, _, path = reference
+    original = read_all(path)
+    exported = dict(export(table_for(io.load(path).config), io.load(path).weights, "save_pretrained"))
+    assert sorted(exported) == sorted(original)
+    for k, v in original.items():
+        np.testing.assert_array_equal(exported[k], v, err_msg=k)
+
+
+def test_hub_key_names(reference):
+    """The Hub layout is what llava-hf/llava-1.5-7b-hf serves (spot-check the three prefixes)."""
+    _, params, _, _ = reference
+    keys = {k for k, _ in export(table_for(params.config), params.weights, "hub")}
+    for k in ("language_model.model.layers.1.self_attn.q_proj.weight", "language_model.lm_head.weight",
+              "vision_tower.vision_model.encoder.layers.0.self_attn.out_proj.bias",
+              "vision_tower.vision_model.embeddings.patch_embedding.weight", "multi_modal_projector.linear_2.bias",
+              "vision_tower.vision_model.pre_layrnorm.weight"):
+        assert k in keys, k
+
+
+def test_bfloat16_checkpoint_and_dtype(reference, tmp_path):
+    model, params, config, _ = reference
+    path = tmp_path / "bf16"
+    model.to(torch.bfloat16).save_pretrained(path)
+    model.to(torch.float32)
+    loaded16 = io.load(str(path), dtype="bfloat16")
+    assert {str(a.dtype) for a in jax.tree.leaves(loaded16.weights)} == {"bfloat16"}
+    expect16 = jax.tree.map(lambda a: a.astype("bfloat16"), params.weights)
+    leaves_equal(loaded16.weights, expect16)  # bf16 -> bf16 is exact
+    loaded32 = io.load(str(path), dtype="float32")
+    assert {str(a.dtype) for a in jax.tree.leaves(loaded32.weights)} == {"float32"}
+    leaves_equal(loaded32.weights, jax.tree.map(lambda a: a.astype("float32"), expect16))
+    with pytest.raises(ValueError, match="float16"):
+        io.load(str(path), dtype="float16")
+
+
+def test_tied_embeddings_with_and_without_head(tmp_path):
+    config = hf_config_dict(gqa=True, text_layers=1, vision_layers=1, feature_layer=-1, tie=True)
+    params = to_jax(torch_model(config), config)
+    tensors = dict(export(table_for(params.config), params.weights, "hub"))
+    assert "language_model.lm_head.weight" not in tensors
+    leaves_equal(io.load(write_checkpoint(tmp_path / "a", tensors, config)).weights, params.weights)
+    tensors["language_model.lm_head.weight"] = tensors["language_model.model.embed_tokens.weight"]
+    leaves_equal(io.load(write_checkpoint(tmp_path / "b", tensors, config)).weights, params.weights)
+
+
+def _hub_tensors(params):
+    return dict(export(table_for(params.config), params.weights, "hub"))
+
+
+def test_missing_unexpected_and_misshaped_tensors_are_named(reference, tmp_path):
+    _, params, config, _ = reference
+    t = _hub_tensors(params)
+    del t["vision_tower.vision_model.encoder.layers.1.mlp.fc2.bias"]
+    with pytest.raises(ConversionError, match=r"missing tensor\(s\).*encoder\.layers\.1\.mlp\.fc2\.bias"):
+        io.load(write_checkpoint(tmp_path / "missing", t, config))
+    t = _hub_tensors(params)
+    t["language_model.model.layers.0.self_attn.q_proj.lora_A"] = np.zeros((2, 2), np.float32)
+    with pytest.raises(ConversionError, match=r"unexpected tensor\(s\).*q_proj\.lora_A"):
+        io.load(write_checkpoint(tmp_path / "unexpected", t, config))
+    t = _hub_tensors(params)
+    t["multi_modal_projector.linear_1.weight"] = np.zeros((64, 33), np.float32)
+    with pytest.raises(ConversionError, match=r"linear_1\.weight: \(64, 33\) \(expected \(64, 32\)\)"):
+        io.load(write_checkpoint(tmp_path / "shape", t, config))
+
+
+def test_unknown_config_attribute_in_checkpoint(reference, tmp_path):
+    _, params, config, _ = reference
+    bad = dict(config, vision_feature_pooling="max")
+    with pytest.raises(UnsupportedConfigError, match="vision_feature_pooling"):
+        io.load(write_checkpoint(tmp_path / "cfg", _hub_tensors(params), bad))
+
+
+def test_failed_conversion_leaves_nothing(reference, tmp_path, monkeypatch):
+    _, params, config, _ = reference
+    t = _hub_tensors(params)
+    del t["language_model.model.norm.weight"]
+    src = write_checkpoint(tmp_path / "src", t, config, shards=2)
+    out = tmp_path / "out"
+    with pytest.raises(ConversionError, match="language_model.model.norm.weight"):
+        convert_main([src, str(out), "--quiet"])
+    assert not out.exists() and sorted(os.listdir(tmp_path)) == ["src"]
+    # A failure after orbax has written the weights (here: writing the metadata) also leaves nothing.
+    good = write_checkpoint(tmp_path / "good", _hub_tensors(params), config)
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(io.json, "dump", boom)
+    with pytest.raises(OSError, match="disk full"):
+        convert_main([good, str(out), "--quiet"])
+    assert not out.exists() and sorted(os.listdir(tmp_path)) == ["good", "src"]
+
+
+def test_convert_cli_and_orbax_round_trip(reference, tmp_path):
+    _, params, _, path = reference
+    dst = tmp_path / "jaxvlm"
+    assert convert_main([path, str(dst), "--quiet"]) == 0
+    loaded = io.load(str(dst))
+    assert loaded.config == params.config
+    leaves_equal(loaded.weights, params.weights)
+    with pytest.raises(FileExistsError):
+        convert_main([path, str(dst), "--quiet"])
+    assert convert_main([path, str(dst), "--quiet", "--force", "--dtype", "bfloat16"]) == 0
+    with open(dst / io.META_FILE) as f:
+        assert json.load(f)["dtype"] == "bfloat16"  # stored as bfloat16 (half the bytes)
+    as16 = io.load(str(dst), dtype="bfloat16")
+    assert {str(a.dtype) for a in jax.tree.leaves(as16.weights)} == {"bfloat16"}
+    leaves_equal(io.load(str(dst), dtype="float32").weights,
+                 jax.tree.map(lambda a: a.astype("bfloat16").astype("float32"), params.weights))
+    # save(load(x)) round trip through orbax
+    again = tmp_path / "again"
+    io.save(loaded, str(again))
+    leaves_equal(io.load(str(again)).weights, params.weights)
+
+
+def test_jaxvlm_cli_dispatches_convert(reference, tmp_path):
+    from jaxvlm.cli import main as cli_main
+
+    _, params, _, path = reference
+    assert cli_main(["convert", path, str(tmp_path / "x"), "--quiet"]) == 0
+    leaves_equal(io.load(str(tmp_path / "x")).weights, params.weights)
