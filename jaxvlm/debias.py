@@ -578,6 +578,16 @@ def release_trend(method: str, benchmark: str | None = None) -> Trend:
     return Trend.from_dict(_release_entry(_method_folder(method), benchmark))
 
 
+def load_trend(path_or_dict) -> Trend | Trend2D:
+    """A trend from a JSON file or dict: `jaxvlm calibrate`'s output ({"trend": {...}}), a bare
+    {"family", "params"} dict, or {"row": {...}, "col": {...}} for a Trend2D."""
+    d = json.loads(Path(path_or_dict).read_text()) if isinstance(path_or_dict, (str, Path)) else dict(path_or_dict)
+    d = d.get("trend", d)
+    if "row" in d and "col" in d:
+        return Trend2D(Trend.from_dict(d["row"]), Trend.from_dict(d["col"]))
+    return Trend.from_dict(d)
+
+
 def build_trends_json(weights_dir: Path = WEIGHTS_DIR) -> dict:
     """Recover every release file's parameters (Trend.from_weights) into the trends.json table."""
     trends: dict[str, dict] = {}
