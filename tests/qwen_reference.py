@@ -26,7 +26,7 @@ def text_config(**over) -> dict:
 
 
 def hf_config_dict(family: str, *, depth: int = 2, fullatt=(1,), window_size: int = 56, text=None,
-                   tokens_per_second: int = 2) -> dict:
+                   tokens_per_second: int = 2, token_ids: dict | None = None) -> dict:
     """A tiny config dict (what config.json would hold, nested text_config layout)."""
     if family == "qwen2_vl":
         vision = {"depth": depth, "embed_dim": 32, "hidden_size": 64, "num_heads": 2, "mlp_ratio": 2,
@@ -37,9 +37,10 @@ def hf_config_dict(family: str, *, depth: int = 2, fullatt=(1,), window_size: in
                   "patch_size": PATCH, "temporal_patch_size": 2, "spatial_merge_size": MERGE, "in_channels": 3,
                   "hidden_act": "silu", "window_size": window_size, "fullatt_block_indexes": list(fullatt),
                   "tokens_per_second": tokens_per_second, "initializer_range": 0.1}
-    return {"model_type": family, "text_config": text_config(**(text or {})), "vision_config": vision,
-            "image_token_id": IMAGE, "video_token_id": VIDEO, "vision_start_token_id": VSTART,
-            "vision_end_token_id": VEND, "tie_word_embeddings": False, "initializer_range": 0.1}
+    ids = {"image_token_id": IMAGE, "video_token_id": VIDEO, "vision_start_token_id": VSTART,
+           "vision_end_token_id": VEND, **(token_ids or {})}
+    return {"model_type": family, "text_config": text_config(**(text or {})), "vision_config": vision, **ids,
+            "tie_word_embeddings": False, "initializer_range": 0.1}
 
 
 def build(family: str, seed: int = 0, **kw):
@@ -92,7 +93,11 @@ def torch_logits(model, **inputs) -> np.ndarray:
     """transformers' logits (B, T, V) for numpy inputs (mm_token_type_ids derived from the ids)."""
     import torch
 
-    t = {k: torch.from_numpy(np.asarray(v)) for k, v in inputs.items() if v is not None}
-    t.setdefault("mm_token_type_ids", torch.from_numpy(mm_types(np.asarray(inputs["input_ids"]))))
+    def tensor(v):
+        a = np.asarray(v)
+        return torch.from_numpy(a.astype(np.int64) if np.issubdtype(a.dtype, np.integer) else a)
+
+    t = {k: tensor(v) for k, v in inputs.items() if v is not None}
+    t.setdefault("mm_token_type_ids", tensor(mm_types(np.asarray(inputs["input_ids"]))))
     with torch.no_grad():
         return model(**t).logits.numpy()

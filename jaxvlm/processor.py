@@ -1,0 +1,149 @@
+"""`jaxvlm.Processor`: the transformers processor of a checkpoint, returning exactly the numpy arrays the
+jaxvlm entry points take.
+
+    proc = jaxvlm.Processor.from_pretrained(path)          # a HF checkpoint / processor directory
+    inputs = proc(text=[...], images=[...])                # dict of numpy arrays
+    out = jaxvlm.forward(params, **inputs)
+
+LLaVA-1.5: LlavaProcessor (PIL image processor) with `num_additional_image_tokens=1` when the directory does
+    not set it (the CLS token the vision tower drops), so each `<image>` expands to 576 ids. Returns
+    input_ids, attention_mask, pixel_values (N,3,H,W), image_sizes (N,2) = original (width, height).
+Qwen2-VL / Qwen2.5-VL: transformers' Qwen2VLProcessor / Qwen2_5_VLProcessor insist on a video processor,
+    which needs torchvision; a subclass declaring only (image_processor, tokenizer) works without it (images
+    only). Returns input_ids, attention_mask, mm_token_type_ids, pixel_values (patches, C*2*14*14),
+    image_grid_thw (N,3).
+Integer arrays come back as int32, pixel arrays as float32. Text, chat templates and decoding go through
+`proc.tokenizer` / `proc.hf` (the wrapped transformers processor).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+PROCESSOR_FAMILIES = {
+    "LlavaProcessor": "llava", "Qwen2VLProcessor": "qwen2_vl", "Qwen2_5_VLProcessor": "qwen2_5_vl",
+}
+MODEL_TYPE_FAMILIES = {"llava": "llava", "qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_5_vl"}
+
+
+def _read(path: str, name: str) -> dict:
+    f = os.path.join(path, name)
+    if not os.path.isfile(f):
+        return {}
+    with open(f) as fh:
+        return json.load(fh)
+
+
+def detect_family(path: str) -> str:
+    """Family of a processor/checkpoint directory, from processor_config.json, preprocessor_config.json or
+    config.json (first that names one)."""
+    for name in ("processor_config.json", "preprocessor_config.json"):
+        cls = _read(path, name).get("processor_class")
+        if cls in PROCESSOR_FAMILIES:
+            return PROCESSOR_FAMILIES[cls]
+    model_type = _read(path, "config.json").get("model_type")
+    if model_type in MODEL_TYPE_FAMILIES:
+        return MODEL_TYPE_FAMILIES[model_type]
+    image_proc = (_read(path, "preprocessor_config.json").get("image_processor_type")
+                  or _read(path, "processor_config.json").get("image_processor", {}).get("image_processor_type", ""))
+    if image_proc.startswith("Qwen2VLImageProcessor"):
+        return "qwen2_vl"
+    raise ValueError(f"{path}: cannot tell which processor this is (no processor_class / model_type of "
+                     f"{sorted(PROCESSOR_FAMILIES)} / {sorted(MODEL_TYPE_FAMILIES)})")
+
+
+def _image_only(cls):
+    """A subclass of a Qwen processor class whose only sub-processors are the image processor and tokenizer."""
+
+    class ImageOnly(cls):
+        @classmethod
+        def get_attributes(cls_):
+            return ["image_processor", "tokenizer"]
+
+    ImageOnly.__name__ = ImageOnly.__qualname__ = cls.__name__
+    return ImageOnly
+
+
+def hf_processor_class(family: str):
+    import transformers
+
+    if family == "llava":
+        return transformers.LlavaProcessor
+    base = transformers.Qwen2VLProcessor if family == "qwen2_vl" else transformers.Qwen2_5_VLProcessor
+    return _image_only(base)
+
+
+def image_size_wh(image) -> tuple[int, int]:
+    """Original (width, height) of a PIL image or an HWC / CHW array."""
+    if hasattr(image, "size") and not isinstance(image, np.ndarray) and isinstance(image.size, tuple):
+        return int(image.size[0]), int(image.size[1])
+    from transformers.image_utils import get_image_size, infer_channel_dimension_format
+
+    arr = np.asarray(image)
+    h, w = get_image_size(arr, infer_channel_dimension_format(arr))
+    return int(w), int(h)
+
+
+class Processor:
+    """A transformers processor whose outputs are the named numpy arrays of `jaxvlm.forward` / `generate`."""
+
+    INT_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "image_grid_thw", "video_grid_thw",
+                "image_sizes")
+
+    def __init__(self, hf_processor, family: str):
+        self.hf = hf_processor
+        self.family = family
+
+    @classmethod
+    def from_pretrained(cls, path: str, family: str | None = None, **kwargs) -> "Processor":
+        """Load the processor saved in `path` (offline). `family` overrides detection."""
+        path = os.fspath(path)
+        family = family or detect_family(path)
+        proc_cls = hf_processor_class(family)
+        if family == "llava":
+            stored = {**_read(path, "processor_config.json"), **kwargs}
+            if "num_additional_image_tokens" not in stored:
+                kwargs["num_additional_image_tokens"] = 1  # CLIP's CLS token, dropped by LLaVA
+        return cls(proc_cls.from_pretrained(path, **kwargs), family)
+
+    @property
+    def tokenizer(self):
+        return self.hf.tokenizer
+
+    def save_pretrained(self, path: str) -> None:
+        self.hf.save_pretrained(path)
+
+    def __call__(self, text: str | Sequence[str], images: Sequence[Any] | None = None, videos=None,
+                 padding: bool | str = True, **kwargs) -> dict[str, np.ndarray]:
+        if videos is not None:
+            raise NotImplementedError("video preprocessing needs transformers' video processor, which needs "
+                                      "torchvision; pass pixel_values_videos / video_grid_thw yourself")
+        if isinstance(text, str):
+            text = [text]
+        if images is not None and not isinstance(images, (list, tuple)):
+            images = [images]
+        out = self.hf(text=list(text), images=images, padding=padding, return_tensors="np", **kwargs)
+        arrays = {k: np.asarray(v) for k, v in out.items()}
+        if self.family == "llava":
+            arrays.pop("mm_token_type_ids", None)
+            arrays.pop("token_type_ids", None)
+            if images is not None:
+                arrays["image_sizes"] = np.array([image_size_wh(im) for im in images], np.int32).reshape(-1, 2)
+        else:
+            arrays.pop("token_type_ids", None)
+        for k in list(arrays):
+            if k in self.INT_KEYS:
+                arrays[k] = arrays[k].astype(np.int32)
+            elif k.startswith("pixel_values"):
+                arrays[k] = arrays[k].astype(np.float32)
+        return arrays
+
+    def batch_decode(self, ids, **kwargs) -> list[str]:
+        return self.tokenizer.batch_decode(np.asarray(ids).tolist(), **kwargs)
+
+    def decode(self, ids, **kwargs) -> str:
+        return self.tokenizer.decode(np.asarray(ids).tolist(), **kwargs)
