@@ -34,6 +34,7 @@ TRACE_COUNTS: collections.Counter = collections.Counter()
 class GenerateOutput:
     tokens: jax.Array  # (B, max_new_tokens) int32, pad id after EOS
     kept: tuple = ()  # one (B, keep) int32 per stage: input indices of surviving visual tokens, -1 where fewer
+    logits: jax.Array | None = None  # (B, max_new_tokens, V) float32 with output_logits=True (zeros after stop)
 
 
 @struct.dataclass
@@ -56,7 +57,7 @@ def _last_slot(valid_bt: jax.Array) -> jax.Array:
 
 
 def _generate_core(text_w, cfg: TextConfig, state: TokenState, key, sampling: Sampling, plan: Plan,
-                   eos: tuple, pad_id: int, mesh, embeds=None):
+                   eos: tuple, pad_id: int, mesh, output_logits: bool = False, embeds=None):
     TRACE_COUNTS["generate"] += 1
     b = state.batch
     state = shard.shard_state(state, mesh)
@@ -65,9 +66,9 @@ def _generate_core(text_w, cfg: TextConfig, state: TokenState, key, sampling: Sa
     x_last = jnp.take_along_axis(state.x, last[:, None, None], axis=1)  # gather before the vocab matmul
     logits = decoder.final_logits(text_w, x_last, cfg)[:, 0]
     start_pos = jnp.max(jnp.where(state.valid[None], state.positions, -1), axis=(0, 2)) + 1
-    tokens = decode(text_w, cfg, plan, caches, logits, start_pos.astype(jnp.int32), state.positions.shape[0],
-                    key, sampling, eos, pad_id, plan.max_new)
-    return tokens[:b], tuple(k[:b] for k in kept)
+    tokens, step_logits = decode(text_w, cfg, plan, caches, logits, start_pos.astype(jnp.int32),
+                                 state.positions.shape[0], key, sampling, eos, pad_id, plan.max_new, output_logits)
+    return tokens[:b], tuple(k[:b] for k in kept), (step_logits[:b] if output_logits else None)
 
 
 def _forward_core(text_w, cfg: TextConfig, state: TokenState, plan: Plan, mesh, embeds=None):
@@ -79,22 +80,23 @@ def _forward_core(text_w, cfg: TextConfig, state: TokenState, plan: Plan, mesh, 
     return logits[:b], tuple(k[:b] for k in kept), state.src[:b]
 
 
-_STATIC = ("plan", "eos", "pad_id", "mesh")
+_STATIC = ("plan", "eos", "pad_id", "mesh", "output_logits")
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
-def _generate_vlm(params, batch, key, sampling, plan, eos, pad_id, mesh):
+def _generate_vlm(params, batch, key, sampling, plan, eos, pad_id, mesh, output_logits):
     from jaxvlm.model import family
 
     emb = family(params).embed(params, batch)
     state = pad_to(from_embedded(emb), plan.lengths[0])
     return _generate_core(params.weights["text"], params.config.text, state, key, sampling, plan, eos, pad_id,
-                          mesh, embeds=emb.embeds)
+                          mesh, output_logits, embeds=emb.embeds)
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC + ("cfg",))
-def _generate_embedded(text_w, state, key, sampling, cfg, plan, eos, pad_id, mesh):
-    return _generate_core(text_w, cfg, state, key, sampling, plan, eos, pad_id, mesh, embeds=state.x)
+def _generate_embedded(text_w, state, key, sampling, cfg, plan, eos, pad_id, mesh, output_logits):
+    return _generate_core(text_w, cfg, state, key, sampling, plan, eos, pad_id, mesh, output_logits,
+                          embeds=state.x)
 
 
 @functools.partial(jax.jit, static_argnames=("plan", "mesh"))
@@ -191,20 +193,21 @@ def _prepared(params, inputs: dict, prune, max_new: int):
 
 def generate(params, prune=None, max_new_tokens: int = 32, temperature: float = 0.0, top_p: float = 1.0,
              seed: int = 0, eos_token_id=None, pad_token_id: int | None = None, mesh=None,
-             **inputs) -> GenerateOutput:
+             output_logits: bool = False, **inputs) -> GenerateOutput:
     """Generate `max_new_tokens` tokens per row (API.md). Greedy when temperature == 0.
 
     After a row's EOS (any of `eos_token_id`) its tokens are `pad_token_id` (default: the first EOS id, else 0,
     as transformers does). `mesh` (see jaxvlm.engine.sharding.data_mesh) shards the batch across devices.
+    `output_logits=True` also returns each step's logits (`out.logits`, (B, max_new_tokens, V)).
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     eos = _eos_tuple(eos_token_id)
     pad_id = int(pad_token_id if pad_token_id is not None else (eos[0] if eos else 0))
     batch, plan, _ = _prepared(params, inputs, prune, max_new_tokens)
-    tokens, kept = _generate_vlm(params, batch, jax.random.key(seed), _sampling(temperature, top_p),
-                                 plan=plan, eos=eos, pad_id=pad_id, mesh=mesh)
-    return GenerateOutput(tokens=tokens, kept=kept)
+    tokens, kept, logits = _generate_vlm(params, batch, jax.random.key(seed), _sampling(temperature, top_p),
+                                         plan=plan, eos=eos, pad_id=pad_id, mesh=mesh, output_logits=output_logits)
+    return GenerateOutput(tokens=tokens, kept=kept, logits=logits)
 
 
 def forward(params, prune=None, mesh=None, **inputs) -> ForwardOutput:
@@ -230,14 +233,15 @@ def _embedded_plan(cfg, emb, prune, max_new):
 
 def generate_embedded(text_w: dict, cfg: TextConfig, emb, prune=None, max_new_tokens: int = 32,
                       temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, eos_token_id=None,
-                      pad_token_id: int | None = None, mesh=None) -> GenerateOutput:
+                      pad_token_id: int | None = None, mesh=None, output_logits: bool = False) -> GenerateOutput:
     """`generate` from an already embedded batch (jaxvlm.model.Embedded) and text-decoder weights."""
     eos = _eos_tuple(eos_token_id)
     pad_id = int(pad_token_id if pad_token_id is not None else (eos[0] if eos else 0))
     plan, _, state = _embedded_plan(cfg, emb, prune, max_new_tokens)
-    tokens, kept = _generate_embedded(text_w, state, jax.random.key(seed), _sampling(temperature, top_p), cfg=cfg,
-                                      plan=plan, eos=eos, pad_id=pad_id, mesh=mesh)
-    return GenerateOutput(tokens=tokens, kept=kept)
+    tokens, kept, logits = _generate_embedded(text_w, state, jax.random.key(seed), _sampling(temperature, top_p),
+                                              cfg=cfg, plan=plan, eos=eos, pad_id=pad_id, mesh=mesh,
+                                              output_logits=output_logits)
+    return GenerateOutput(tokens=tokens, kept=kept, logits=logits)
 
 
 def forward_embedded(text_w: dict, cfg: TextConfig, emb, prune=None, mesh=None) -> ForwardOutput:

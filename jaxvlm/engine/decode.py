@@ -66,23 +66,30 @@ def decode_segment(layers: dict, cache: SegmentCache, x_b1d, cos, sin, write_at,
 
 
 def decode(text_w: dict, cfg: TextConfig, plan: Plan, caches, first_logits_bv, start_pos_b, num_pos_axes: int,
-           key, sampling: Sampling, eos: tuple[int, ...], pad_id: int, max_new: int) -> jax.Array:
+           key, sampling: Sampling, eos: tuple[int, ...], pad_id: int, max_new: int, output_logits: bool = False):
     """Tokens (B, max_new) int32: the first from `first_logits_bv`, then max_new - 1 cached steps; per-row EOS,
-    `pad_id` after it. The loop stops early once every row is done."""
+    `pad_id` after it. The loop stops early once every row is done.
+
+    With `output_logits` also returns the logits each token was drawn from, (B, max_new, V) float32 (zeros
+    after the loop stopped); otherwise None.
+    """
     b = first_logits_bv.shape[0]
     eos_arr = jnp.asarray(eos if eos else (-1,), jnp.int32)
     first = sample(first_logits_bv, jax.random.fold_in(key, 0), sampling)
     out = jnp.full((b, max_new), pad_id, jnp.int32).at[:, 0].set(first)
+    v = first_logits_bv.shape[-1]
+    all_logits = (jnp.zeros((b, max_new, v), jnp.float32).at[:, 0].set(first_logits_bv) if output_logits
+                  else jnp.zeros((), jnp.float32))
     done = jnp.isin(first, eos_arr)
     # Slice each segment's weights once, outside the loop (loop invariants, not per-step copies).
     seg_layers = [decoder.slice_layers(text_w["layers"], a, z) for a, z in plan.bounds]
 
     def cond(carry):
-        step, _, done, _, _ = carry
+        step, done = carry[0], carry[2]
         return (step < max_new - 1) & ~jnp.all(done)
 
     def body(carry):
-        step, token, done, out, caches = carry
+        step, token, done, out, caches, all_logits = carry
         x = jnp.take(text_w["embed"], token, axis=0)[:, None, :]
         pos = jnp.broadcast_to((start_pos_b + step)[None, :, None], (num_pos_axes, b, 1))
         cos, sin = decoder.rotary(pos, cfg)
@@ -97,8 +104,10 @@ def decode(text_w: dict, cfg: TextConfig, plan: Plan, caches, first_logits_bv, s
         nxt = sample(logits, jax.random.fold_in(key, step + 1), sampling)
         nxt = jnp.where(done, pad_id, nxt)
         out = jax.lax.dynamic_update_slice(out, nxt[:, None], (0, step + 1))
-        return step + 1, nxt, done | jnp.isin(nxt, eos_arr), out, tuple(new_caches)
+        if output_logits:
+            all_logits = jax.lax.dynamic_update_slice(all_logits, logits[:, None], (0, step + 1, 0))
+        return step + 1, nxt, done | jnp.isin(nxt, eos_arr), out, tuple(new_caches), all_logits
 
-    carry = (jnp.int32(0), first, done, out, tuple(caches))
-    _, _, _, out, _ = jax.lax.while_loop(cond, body, carry)
-    return out
+    carry = (jnp.int32(0), first, done, out, tuple(caches), all_logits)
+    _, _, _, out, _, all_logits = jax.lax.while_loop(cond, body, carry)
+    return out, (all_logits if output_logits else None)
