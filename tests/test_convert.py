@@ -210,3 +210,19 @@ def test_jaxvlm_cli_dispatches_convert(reference, tmp_path):
     _, params, _, path = reference
     assert cli_main(["convert", path, str(tmp_path / "x"), "--quiet"]) == 0
     leaves_equal(io.load(str(tmp_path / "x")).weights, params.weights)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_transformers_reads_every_exported_layout(reference, tmp_path, layout):
+    """transformers' own loader accepts each layout we write (no missing / unexpected keys, same weights),
+    so the key names of every layout are ones transformers really uses."""
+    from transformers import LlavaForConditionalGeneration
+
+    model, params, config, _ = reference
+    path = write_checkpoint(tmp_path / layout, dict(export(table_for(params.config), params.weights, layout)), config)
+    reloaded, info = LlavaForConditionalGeneration.from_pretrained(path, output_loading_info=True)
+    assert not any(info.values()), info
+    ours, theirs = model.state_dict(), reloaded.state_dict()
+    assert sorted(ours) == sorted(theirs)
+    for k in ours:
+        assert torch.equal(ours[k], theirs[k]), k
