@@ -184,6 +184,7 @@ def density_peak_merge(x: jax.Array, ok: jax.Array, k: int) -> tuple[jax.Array, 
 
 def scatter_rows(x: jax.Array, slots: jax.Array, values: jax.Array) -> jax.Array:
     """x (B, T, D) with rows `slots` (B, K) replaced by values (B, K, D); -1 slots ignored."""
+    x = jnp.asarray(x)
     b, t = x.shape[:2]
     safe = jnp.where(slots < 0, t, slots)
     return x.at[jnp.arange(b)[:, None], safe].set(values.astype(x.dtype), mode="drop")
