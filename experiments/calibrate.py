@@ -109,13 +109,18 @@ def calibrate(
     report["fit_rank_corr_position_score"] = rank_correlation(xf, mf)
     if n_hold:
         xh, mh, _ = mean_profile(scores[hold], valid[hold], pos[hold])
-        pred = trend(xh)
-        ss_res = float(((mh - pred) ** 2).sum())
-        ss_tot = float(((mh - mh.mean()) ** 2).sum())
+        if loss == "log":  # judge in the space the fit minimised: log of the geometric-mean profile
+            ok = (valid[hold] > 0) & (scores[hold] > 0)
+            xg, lg, _ = mean_profile(np.log(np.where(ok, scores[hold], 1.0)), ok.astype(float), pos[hold])
+            obs, pred = lg, np.log(np.maximum(trend(xg), 1e-300))
+        else:
+            obs, pred = mh, trend(xh)
+        ss_res = float(((obs - pred) ** 2).sum())
+        ss_tot = float(((obs - obs.mean()) ** 2).sum())
         detr = debias.detrend(scores[hold], pos[hold].astype(np.int64), trend)
         xd, md, _ = mean_profile(detr, valid[hold], pos[hold])
         report["holdout"] = {
-            "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan"),
+            "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan"),  # log space for loss="log"
             "rank_corr_position_score": rank_correlation(xh, mh),
             "rank_corr_after_detrend": rank_correlation(xd, md),
             "tail_head_ratio": _tail_head(xh, mh),

@@ -405,26 +405,30 @@ def _safe_log(v):
 
 @functools.partial(jax.jit, static_argnames=("offset", "log", "max_steps"))
 def _fit_exponential(u, tgt, wu, beta0, *, offset, log, max_steps):
-    """(a, beta, c) of a*exp(beta*u) + c. Variable projection: for a fixed rate the amplitude and offset
-    solve a linear least-squares problem, so L-BFGS searches only the rate (no (a, c) valley); the log
-    loss is then refined on all three parameters."""
-    lin = jnp.exp(tgt) if log else tgt
+    """(a, beta, c) of a*exp(beta*u) + c.
 
-    def vp_loss(beta_vec):
-        basis = _exp_basis(beta_vec[0], u, offset)
-        return jnp.sum(wu * (basis @ _weighted_lstsq(basis, lin, wu) - lin) ** 2)
-
-    beta = _lbfgs(vp_loss, beta0[None], max_steps)[0]
-    coef = _weighted_lstsq(_exp_basis(beta, u, offset), lin, wu)
-    theta = jnp.stack([coef[0], beta, coef[1] if offset else jnp.zeros((), u.dtype)])
+    lsq: variable projection - for a fixed rate the amplitude and offset solve a linear least-squares
+    problem, so L-BFGS searches only the rate (no (a, c) valley).
+    log: parameters (log a, beta, c) from the closed-form log-linear fit (exact optimum when c = 0, then
+    L-BFGS has nothing left to do); with an offset L-BFGS refines all three.
+    """
     if log:
+        la, b0 = _weighted_lstsq(jnp.stack([jnp.ones_like(u), u], axis=1), tgt, wu)
 
         def log_loss(th):
             c = th[2] if offset else 0.0
-            return jnp.sum(wu * (_safe_log(th[0] * jnp.exp(th[1] * u) + c) - tgt) ** 2)
+            return jnp.sum(wu * (_safe_log(jnp.exp(th[0] + th[1] * u) + c) - tgt) ** 2)
 
-        theta = _lbfgs(log_loss, theta, max_steps)
-    return theta
+        th = _lbfgs(log_loss, jnp.stack([la, b0, jnp.zeros((), u.dtype)]), max_steps)
+        return jnp.stack([jnp.exp(th[0]), th[1], th[2] if offset else jnp.zeros((), u.dtype)])
+
+    def vp_loss(beta_vec):
+        basis = _exp_basis(beta_vec[0], u, offset)
+        return jnp.sum(wu * (basis @ _weighted_lstsq(basis, tgt, wu) - tgt) ** 2)
+
+    beta = _lbfgs(vp_loss, beta0[None], max_steps)[0]
+    coef = _weighted_lstsq(_exp_basis(beta, u, offset), tgt, wu)
+    return jnp.stack([coef[0], beta, coef[1] if offset else jnp.zeros((), u.dtype)])
 
 
 @functools.partial(jax.jit, static_argnames=("degree", "log", "max_steps"))

