@@ -87,9 +87,10 @@ def full_attention(q, k, valid):
     logits = np.einsum("bnqh,bnkh->bnqk", q, k) / math.sqrt(q.shape[-1])
     mask = np.tril(np.ones((t, t), bool))[None, None] & valid[:, None, None, :]
     logits = np.where(mask, logits, -np.inf)
-    logits = logits - logits.max(-1, keepdims=True)
-    p = np.exp(logits)
-    return p / p.sum(-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        logits = logits - logits.max(-1, keepdims=True)
+        p = np.exp(logits)
+        return p / p.sum(-1, keepdims=True)
 
 
 def make_ctx(stage, state, q, k, pad=None, embeds=None, keys=None):

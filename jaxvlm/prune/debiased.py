@@ -54,7 +54,7 @@ class Debiased:
     padding: bool = True
     pad_threshold: float = 0.5
     pad_variant: str = "release"
-    budget: str | None = None  # None: inner.budget_default
+    budget_rule: str | None = None  # "lower" | "fill"; None: inner.budget_default
     release_shift: bool = False
 
     def __post_init__(self):
@@ -67,8 +67,8 @@ class Debiased:
             raise ValueError(f"pad_threshold={self.pad_threshold!r} must be in [0, 1)")
         if self.pad_variant not in PAD_VARIANTS:
             raise ValueError(f"pad_variant={self.pad_variant!r}: expected one of {PAD_VARIANTS}")
-        if self.budget is not None:
-            common.check_budget_mode(self.budget)
+        if self.budget_rule is not None:
+            common.check_budget_mode(self.budget_rule)
         hash(self.trend)
 
     # -- the Stage protocol ----------------------------------------------------------------------------------
@@ -90,7 +90,7 @@ class Debiased:
 
     @property
     def budget_mode(self) -> str:
-        return self.budget or getattr(self.inner, "budget_default", "fill")
+        return self.budget_rule or getattr(self.inner, "budget_default", "fill")
 
     def __getattr__(self, name):  # other method attributes (attention_based, n_select, ...)
         if name == "inner":
@@ -165,7 +165,7 @@ def debiased(method_or_schedule, trend=None, pad_threshold: float | None = None,
         is_attn = getattr(st, "attention_based", True)
         out[i] = Debiased(inner=st, trend=trend if (recency and is_attn) else None, recency=recency and is_attn,
                           padding=padding, pad_threshold=0.5 if pad_threshold is None else float(pad_threshold),
-                          pad_variant=pad_variant, budget=budget, release_shift=release_shift)
+                          pad_variant=pad_variant, budget_rule=budget, release_shift=release_shift)
     return tuple(out)
 
 

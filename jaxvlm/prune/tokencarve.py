@@ -58,15 +58,18 @@ def carve(x: jax.Array, av: jax.Array, cand: jax.Array, keep: int, av_weight: fl
     best = jnp.argmax(sim, axis=-1)
     bestv = jnp.max(sim, axis=-1)
     _, order = jax.lax.top_k(jnp.where(bb >= 0, bestv, -jnp.inf), bb.shape[1])
-    merged_b = jnp.take_along_axis(bb, order[:, :n_merge], axis=1)
-    target = jnp.take_along_axis(best, order[:, :n_merge], axis=1)  # index into A
-    rest_b = jnp.take_along_axis(bb, order[:, n_merge:], axis=1)
-    ok = merged_b >= 0
-    onehot = (jax.nn.one_hot(target, n_a, dtype=jnp.float32) * ok[:, :, None])  # (B, n_merge, n_a)
-    xm = common.gather_rows(x, merged_b).astype(jnp.float32)
+    b_sorted = jnp.take_along_axis(bb, order, axis=1)
+    t_sorted = jnp.take_along_axis(best, order, axis=1)  # index into A
+    # merge only the excess over `keep` (= n_merge when the row has >= 1.5 N candidates, fewer otherwise)
+    n_sel = jnp.sum(sel >= 0, axis=1, keepdims=True)
+    n_merge_row = jnp.clip(n_sel - keep, 0, n_merge)
+    merge = (jnp.arange(bb.shape[1])[None, :] < n_merge_row) & (b_sorted >= 0)
+    onehot = jax.nn.one_hot(t_sorted, n_a, dtype=jnp.float32) * merge[:, :, None]  # (B, nb, n_a)
+    xm = common.gather_rows(x, b_sorted).astype(jnp.float32)
     new_a = (xa.astype(jnp.float32) + jnp.einsum("BMA,BMD->BAD", onehot, xm)) / (1.0 + jnp.sum(onehot, axis=1))[..., None]
     x_new = scatter_rows(x, a, new_a)
-    slots = common.sort_slots(jnp.concatenate([a, rest_b], axis=1))
+    rest_b = jnp.where(merge, -1, b_sorted)
+    slots = common.sort_slots(jnp.concatenate([a, rest_b], axis=1))[:, :keep]
     return slots, x_new
 
 
