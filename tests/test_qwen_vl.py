@@ -120,6 +120,17 @@ def test_window_index_matches_transformers():
     np.testing.assert_array_equal(np.concatenate([[0], change, [idx["seg_window"].size]]), ref_cu.numpy())
 
 
+def test_segment_blocks_roundtrip():
+    seg = np.array([3, 3, 1, 3, 7, 1, 1, 7, 3], np.int32)
+    gather, inverse = qwen_vision.segment_blocks(seg)
+    assert gather.shape == (3, 4)  # 3 segments, longest has 4 slots
+    flat = np.concatenate([gather.ravel(), [-1]])
+    np.testing.assert_array_equal(flat[inverse], np.arange(seg.size))
+    for row in gather:
+        real = row[row < seg.size]
+        assert len(set(seg[real])) == 1 and (np.diff(real) > 0).all()
+
+
 # -------------------------------------------------------------------------------------- positions
 
 
@@ -287,7 +298,8 @@ def test_bugs_fail_the_tolerance():
     bugs = {
         "swapped mrope_section": diff(swapped),
         "no inverse window order": diff(vis_unorder=np.arange(n_units, dtype=np.int32)),
-        "wrong window partition": diff(vis_seg_window=raster_windows),
+        "wrong window partition": diff(**dict(zip(("vis_window_gather", "vis_window_inverse"),
+                                                  qwen_vision.segment_blocks(raster_windows)))),
         "wrong merge order (rotary)": diff(vis_rope_pos=raster),
         "wrong merge order (scatter)": diff(feature_index=fi),
     }

@@ -2,8 +2,12 @@
 
 Both towers take every image and video frame of a batch as one packed sequence of patch rows (the
 processor's `pixel_values`: one row of C * temporal_patch * p * p values per patch, rows merge-block-major,
-i.e. every m*m consecutive rows form one spatial merge block). Attention never crosses an image or frame:
-the tower attends under a block-diagonal mask built from per-patch segment ids computed on the host.
+i.e. every m*m consecutive rows form one spatial merge block). Attention never crosses an image or frame
+(or, in windowed blocks, a window): the host lists each segment's patch slots, padded to the longest
+segment, as a (segments, slots) gather index; the device gathers q/k/v into (segments, slots) blocks,
+attends within each block under a key-validity mask (the block-diagonal mask, never materialised as
+(N, N)), and scatters back with the inverse index. Cost is sum(segment^2), not N^2 - for windowed
+blocks (4x4 merged tokens = 64 patches per window) this is what makes large images cheap.
 
 Qwen2-VL:   LayerNorm, quick_gelu MLP (fc1/fc2), every block attends over its whole image/frame,
             merger = LayerNorm + MLP (GELU) over the m*m patches of each merge block.
@@ -14,7 +18,8 @@ Qwen2.5-VL: RMSNorm, gated SiLU MLP with biases, window attention (windows of `w
             stacked layer weights, so every block runs the same traced code.
 
 Host side (`index_arrays`, numpy): rotary (row, col) per patch in processing order, the processing order
-itself, the segment ids of the full and the windowed attention, and the inverse order of merged tokens.
+itself, segment ids and gather/inverse indices of the full and the windowed attention, and the inverse order
+of merged tokens.
 
 Weights (layers stacked on L, linear weights [in, out]; D width, N heads, H head dim, F MLP width):
     vision:    patch_embed (C*tp*p*p, D)
@@ -128,6 +133,7 @@ def index_arrays(cfg: VisionConfig, grids: np.ndarray) -> dict[str, np.ndarray]:
       rope_pos (Np, 2)  (row, col) of each processed patch in its image grid (rotary positions)
       seg_full (Np,)    segment id = global frame id (full attention stays within an image/frame)
       seg_window (Np,)  segment id = global window id (== seg_full for Qwen2-VL)
+      {full,window}_gather (S, P), {full,window}_inverse (Np,)   `segment_blocks` of the two segmentations
       unorder (Nm,)     merged token j of the raster output is merged slot unorder[j]
     """
     m = cfg.spatial_merge_size
@@ -166,8 +172,33 @@ def index_arrays(cfg: VisionConfig, grids: np.ndarray) -> dict[str, np.ndarray]:
     seg_full = np.repeat(frame_u, mu)[order]
     seg_window = np.repeat(window_u, mu)[order]
     i32 = lambda a: np.asarray(a, np.int32)  # noqa: E731
-    return {"order": i32(order), "rope_pos": i32(rope_pos), "seg_full": i32(seg_full),
-            "seg_window": i32(seg_window), "unorder": i32(unorder)}
+    out = {"order": i32(order), "rope_pos": i32(rope_pos), "seg_full": i32(seg_full),
+           "seg_window": i32(seg_window), "unorder": i32(unorder)}
+    for name, seg in (("full", seg_full), ("window", seg_window)):
+        gather, inverse = segment_blocks(seg)
+        out[f"{name}_gather"], out[f"{name}_inverse"] = gather, inverse
+    return out
+
+
+def segment_blocks(seg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Blocks of equal segment ids: gather (S, P) int32 slot indices of each segment in slot order, padded with
+    N (a slot past the end), and inverse (N,) int32: flat index s * P + p where slot n sits."""
+    n = seg.size
+    ids, first, counts = np.unique(seg, return_index=True, return_counts=True)
+    ids = ids[np.argsort(first, kind="stable")]  # segments in order of appearance
+    rank = np.empty(int(seg.max()) + 1 if n else 0, np.int64)
+    rank[ids] = np.arange(ids.size)
+    block = rank[seg]
+    by_block = np.argsort(block, kind="stable")
+    width = int(counts.max()) if n else 1
+    start = np.zeros(ids.size + 1, np.int64)
+    np.cumsum(np.bincount(block, minlength=ids.size), out=start[1:])
+    within = np.arange(n) - start[block[by_block]]
+    gather = np.full((ids.size, width), n, np.int64)
+    gather[block[by_block], within] = by_block
+    inverse = np.empty(n, np.int64)
+    inverse[by_block] = block[by_block] * width + within
+    return gather.astype(np.int32), inverse.astype(np.int32)
 
 
 # ---------------------------------------------------------------------------------------- device side
@@ -188,14 +219,28 @@ def rotary(cfg: VisionConfig, rope_pos: jax.Array) -> tuple[jax.Array, jax.Array
     return jnp.cos(angle), jnp.sin(angle)
 
 
-def block(cfg: VisionConfig, lw: dict, x_td: jax.Array, cos, sin, mask_ts: jax.Array) -> jax.Array:
-    """One vision block over the packed sequence x (T, D) under the boolean mask (T, S)."""
+def segment_attention(q_tnh, k_tnh, v_tnh, gather_sp: jax.Array, inverse_t: jax.Array) -> jax.Array:
+    """Attention within segments: gather (S, P) slot blocks (padding = index T), attend per block, scatter back."""
+    t = q_tnh.shape[0]
+    valid_sp = gather_sp < t
+
+    def blocks(x):
+        x = jnp.concatenate([x, jnp.zeros((1,) + x.shape[1:], x.dtype)])
+        return x[gather_sp]  # (S, P, N, H)
+
+    out = jax.nn.dot_product_attention(blocks(q_tnh), blocks(k_tnh), blocks(v_tnh),
+                                       mask=valid_sp[:, None, None, :])
+    return out.reshape((-1,) + out.shape[2:])[inverse_t]
+
+
+def block(cfg: VisionConfig, lw: dict, x_td: jax.Array, cos, sin, attend) -> jax.Array:
+    """One vision block over the packed sequence x (T, D); `attend(q, k, v)` is the (segmented) attention."""
     h = _norm(cfg, x_td, lw["attn_norm"], lw.get("attn_norm_bias"))
     qkv = jnp.einsum("TD,DCNH->CTNH", h, lw["wqkv"]) + lw["bqkv"][:, None]
     # Rotary in float32 and back, as transformers' apply_rotary_pos_emb_vision does.
-    q = apply_rope(qkv[0][None].astype(jnp.float32), cos, sin).astype(x_td.dtype)
-    k = apply_rope(qkv[1][None].astype(jnp.float32), cos, sin).astype(x_td.dtype)
-    attn = jax.nn.dot_product_attention(q, k, qkv[2][None], mask=mask_ts[None, None])[0]
+    q = apply_rope(qkv[0][None].astype(jnp.float32), cos, sin)[0].astype(x_td.dtype)
+    k = apply_rope(qkv[1][None].astype(jnp.float32), cos, sin)[0].astype(x_td.dtype)
+    attn = attend(q, k, qkv[2])
     x_td = x_td + jnp.einsum("TNH,NHD->TD", attn, lw["wo"]) + lw["bo"]
     h = _norm(cfg, x_td, lw["mlp_norm"], lw.get("mlp_norm_bias"))
     if cfg.windowed:
@@ -213,14 +258,21 @@ def tower(cfg: VisionConfig, vision_w: dict, patches: jax.Array, idx: dict) -> j
     w_embed = vision_w["patch_embed"]
     x = patches[idx["order"]].astype(w_embed.dtype) @ w_embed
     cos, sin = rotary(cfg, idx["rope_pos"])
-    seg_full, seg_win = idx["seg_full"], idx["seg_window"]
-    mask_full = seg_full[:, None] == seg_full[None, :]
-    mask_win = seg_win[:, None] == seg_win[None, :]
     full_l = jnp.asarray(cfg.full_attention_layers())
+
+    def attend_full(q, k, v):
+        return segment_attention(q, k, v, idx["full_gather"], idx["full_inverse"])
+
+    def attend_window(q, k, v):
+        return segment_attention(q, k, v, idx["window_gather"], idx["window_inverse"])
 
     def step(x, per_layer):
         lw, full = per_layer
-        return block(cfg, lw, x, cos, sin, jnp.where(full, mask_full, mask_win)), None
+        if not cfg.windowed:  # Qwen2-VL: every block attends over its whole image / frame
+            return block(cfg, lw, x, cos, sin, attend_full), None
+        # Qwen2.5-VL: the per-layer flag picks the segmentation; one branch runs, no Python branch per layer
+        attend = lambda q, k, v: jax.lax.cond(full, attend_full, attend_window, q, k, v)  # noqa: E731
+        return block(cfg, lw, x, cos, sin, attend), None
 
     x, _ = jax.lax.scan(step, x, (vision_w["layers"], full_l))
     return x
