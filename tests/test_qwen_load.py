@@ -98,3 +98,34 @@ def test_prepare_errors_are_clear():
     with pytest.raises(ValueError, match="its own span"):
         qwen_vl.prepare(cfg, input_ids=ids, pixel_values=np.zeros((8, R.PATCH_DIM), np.float32),
                         image_grid_thw=np.array([g, g]))
+
+
+def test_load_flat_hub_config_with_tied_embeddings(tmp_path):
+    """Hub config.json written by transformers 4.x: text fields at the top level, rope_scaling type "mrope",
+    tied embeddings (no lm_head tensor in the files), vision `in_chans`."""
+    model, d = R.build("qwen2_vl", text={"tie_word_embeddings": False})
+    flat = {k: v for k, v in d.items() if k != "text_config"}
+    text = dict(d["text_config"])
+    rope = text.pop("rope_parameters")
+    flat.update(text)
+    flat.update({"rope_theta": rope["rope_theta"], "rope_scaling": {"type": "mrope", "mrope_section": rope["mrope_section"]},
+                 "tie_word_embeddings": True, "architectures": ["Qwen2VLForConditionalGeneration"],
+                 "use_sliding_window": False, "sliding_window": 32768, "max_window_layers": 2})
+    flat["vision_config"] = {**d["vision_config"], "in_chans": 3, "spatial_patch_size": R.PATCH}
+    with torch_no_grad():
+        model.lm_head.weight = model.model.language_model.embed_tokens.weight  # tie, as the flat config says
+    sd = {k: v.detach().numpy().copy() for k, v in model.state_dict().items() if not k.startswith("lm_head")}
+    sd = {k.replace("model.language_model.", "model.").replace("model.visual.", "visual."): v for k, v in sd.items()}
+    _write(tmp_path / "flat", sd, flat)
+    params = jaxvlm.load(str(tmp_path / "flat"))
+    assert params.config.text.tie_word_embeddings and "lm_head" not in params.weights["text"]
+    inputs = _inputs(1)
+    diff = np.abs(np.asarray(jaxvlm.forward(params, **inputs).logits) - R.torch_logits(model, **inputs)).max()
+    print(f"\n[max |diff|] qwen2_vl flat Hub config, tied embeddings: {diff:.3g}")
+    assert diff < ATOL
+
+
+def torch_no_grad():
+    import torch
+
+    return torch.no_grad()
