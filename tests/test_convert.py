@@ -3,6 +3,7 @@ round trip, `python -m converters`, and clear errors that leave nothing half-wri
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 
@@ -111,8 +112,7 @@ def test_hub_key_names(reference):
 def test_bfloat16_checkpoint_and_dtype(reference, tmp_path):
     model, params, config, _ = reference
     path = tmp_path / "bf16"
-    model.to(torch.bfloat16).save_pretrained(path)
-    model.to(torch.float32)
+    copy.deepcopy(model).to(torch.bfloat16).save_pretrained(path)  # the shared fixture model stays float32
     loaded16 = io.load(str(path), dtype="bfloat16")
     assert {str(a.dtype) for a in jax.tree.leaves(loaded16.weights)} == {"bfloat16"}
     expect16 = jax.tree.map(lambda a: a.astype("bfloat16"), params.weights)
