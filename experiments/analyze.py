@@ -188,7 +188,7 @@ def analyze(samples: int = 16, layers=(1, 2, 8, 15), padding: bool = True, seed:
         s = probs[:, start : start + span].astype(np.float64)
         trend, rep = calibrate(s, None, None, family="exponential", loss="log", holdout=0.25, seed=seed)
         _, m, _ = mean_profile(s, np.ones_like(s), np.broadcast_to(pos, s.shape))
-        profiles[layer_i] = (m, trend)
+        profiles[layer_i] = (m, np.exp(np.log(s).mean(0)), trend)
         report["layers"][str(layer_i)] = {
             "rank_corr_position_attention": rank_correlation(pos, m),
             "trend": trend.to_dict(),
@@ -209,7 +209,7 @@ def analyze(samples: int = 16, layers=(1, 2, 8, 15), padding: bool = True, seed:
         report["padding"] = {"image_size": size.tolist(), "valid_tokens": int(valid.sum()), "layers": {}}
         for layer_i, probs in attn_p.items():
             s = probs[:, start_p : start_p + span].astype(np.float64)
-            trend = profiles[layer_i][1]
+            trend = profiles[layer_i][2]
             d = debias.detrend(s, np.broadcast_to(np.arange(span), s.shape), trend)
             pad_share = float(s[:, valid == 0].sum(1).mean() / s.sum(1).mean())
             report["padding"]["layers"][str(layer_i)] = {
@@ -234,10 +234,12 @@ def plot(report: dict, profiles: dict, path: Path) -> None:
 
     fig, axes = plt.subplots(1, len(profiles), figsize=(3.6 * len(profiles), 3.3), squeeze=False)
     x = np.arange(576)
-    for ax, (layer_i, (m, trend)) in zip(axes[0], profiles.items()):
+    for ax, (layer_i, (m, g, trend)) in zip(axes[0], profiles.items()):
         r = report["layers"][str(layer_i)]
-        ax.plot(x, m, lw=0.7, label="mean attention")
-        ax.plot(x, trend(x.astype(float)), "r-", lw=1.5, label=f"exp fit, ratio {r['trend_ratio']:.1f}x")
+        ax.plot(x, m, lw=0.6, color="0.7", label="mean attention")
+        ax.plot(x, g, lw=0.7, label="geometric mean")
+        ax.plot(x, trend(x.astype(float)), "r-", lw=1.5, label=f"exp fit (log space), {r['trend_ratio']:.1f}x")
+        ax.set_yscale("log")
         ax.set_title(f"layer {layer_i}: rank corr {r['rank_corr_position_attention']:.2f}", fontsize=9)
         ax.set_xlabel("position in the 576-token span", fontsize=8)
         ax.legend(fontsize=7)
