@@ -226,3 +226,14 @@ def test_transformers_reads_every_exported_layout(reference, tmp_path, layout):
     assert sorted(ours) == sorted(theirs)
     for k in ours:
         assert torch.equal(ours[k], theirs[k]), k
+
+
+def test_float16_hub_checkpoint(reference, tmp_path):
+    """llava-hf files on the Hub are float16: they load as float32 or bfloat16."""
+    _, params, config, _ = reference
+    tensors = {k: v.astype(np.float16) for k, v in export(table_for(params.config), params.weights, "hub")}
+    path = write_checkpoint(tmp_path / "f16", tensors, config, shards=2)
+    expect = jax.tree.map(lambda a: np.asarray(a).astype(np.float16).astype(np.float32), params.weights)
+    leaves_equal(io.load(path).weights, expect)
+    loaded16 = io.load(path, dtype="bfloat16")
+    leaves_equal(loaded16.weights, jax.tree.map(lambda a: a.astype("bfloat16"), expect))
