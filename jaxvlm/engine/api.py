@@ -57,7 +57,7 @@ def _last_slot(valid_bt: jax.Array) -> jax.Array:
 
 
 def _generate_core(text_w, cfg: TextConfig, state: TokenState, key, sampling: Sampling, plan: Plan,
-                   eos: tuple, pad_id: int, mesh, output_logits: bool = False, embeds=None):
+                   eos, pad_id, mesh, output_logits: bool = False, embeds=None):
     TRACE_COUNTS["generate"] += 1
     b = state.batch
     state = shard.shard_state(state, mesh)
@@ -80,7 +80,7 @@ def _forward_core(text_w, cfg: TextConfig, state: TokenState, plan: Plan, mesh, 
     return logits[:b], tuple(k[:b] for k in kept), state.src[:b]
 
 
-_STATIC = ("plan", "eos", "pad_id", "mesh", "output_logits")
+_STATIC = ("plan", "mesh", "output_logits")
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
@@ -116,12 +116,16 @@ def _forward_embedded(text_w, state, cfg, plan, mesh):
 # --------------------------------------------------------------------------------------------- host
 
 
-def _eos_tuple(eos_token_id) -> tuple[int, ...]:
+def _eos_pad(eos_token_id, pad_token_id) -> tuple[np.ndarray, np.ndarray]:
+    """EOS ids as a (E,) int32 array (-1: none; traced, so new ids never recompile) and the pad id."""
     if eos_token_id is None:
-        return ()
-    if isinstance(eos_token_id, (int, np.integer)):
-        return (int(eos_token_id),)
-    return tuple(int(e) for e in eos_token_id)
+        eos = []
+    elif isinstance(eos_token_id, (int, np.integer)):
+        eos = [int(eos_token_id)]
+    else:
+        eos = [int(e) for e in eos_token_id]
+    pad = pad_token_id if pad_token_id is not None else (eos[0] if eos else 0)
+    return np.asarray(eos or [-1], np.int32), np.int32(pad)
 
 
 def _sampling(temperature: float, top_p: float) -> Sampling:
@@ -202,8 +206,7 @@ def generate(params, prune=None, max_new_tokens: int = 32, temperature: float = 
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    eos = _eos_tuple(eos_token_id)
-    pad_id = int(pad_token_id if pad_token_id is not None else (eos[0] if eos else 0))
+    eos, pad_id = _eos_pad(eos_token_id, pad_token_id)
     batch, plan, _ = _prepared(params, inputs, prune, max_new_tokens)
     tokens, kept, logits = _generate_vlm(params, batch, jax.random.key(seed), _sampling(temperature, top_p),
                                          plan=plan, eos=eos, pad_id=pad_id, mesh=mesh, output_logits=output_logits)
@@ -235,8 +238,7 @@ def generate_embedded(text_w: dict, cfg: TextConfig, emb, prune=None, max_new_to
                       temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, eos_token_id=None,
                       pad_token_id: int | None = None, mesh=None, output_logits: bool = False) -> GenerateOutput:
     """`generate` from an already embedded batch (jaxvlm.model.Embedded) and text-decoder weights."""
-    eos = _eos_tuple(eos_token_id)
-    pad_id = int(pad_token_id if pad_token_id is not None else (eos[0] if eos else 0))
+    eos, pad_id = _eos_pad(eos_token_id, pad_token_id)
     plan, _, state = _embedded_plan(cfg, emb, prune, max_new_tokens)
     tokens, kept, logits = _generate_embedded(text_w, state, jax.random.key(seed), _sampling(temperature, top_p),
                                               cfg=cfg, plan=plan, eos=eos, pad_id=pad_id, mesh=mesh,

@@ -66,15 +66,16 @@ def decode_segment(layers: dict, cache: SegmentCache, x_b1d, cos, sin, write_at,
 
 
 def decode(text_w: dict, cfg: TextConfig, plan: Plan, caches, first_logits_bv, start_pos_b, num_pos_axes: int,
-           key, sampling: Sampling, eos: tuple[int, ...], pad_id: int, max_new: int, output_logits: bool = False):
+           key, sampling: Sampling, eos, pad_id, max_new: int, output_logits: bool = False):
     """Tokens (B, max_new) int32: the first from `first_logits_bv`, then max_new - 1 cached steps; per-row EOS,
-    `pad_id` after it. The loop stops early once every row is done.
+    `pad_id` after it. The loop stops early once every row is done. `eos` (E,) int32 and `pad_id` are traced
+    (no recompiles per id); use -1 for "no EOS".
 
     With `output_logits` also returns the logits each token was drawn from, (B, max_new, V) float32 (zeros
     after the loop stopped); otherwise None.
     """
     b = first_logits_bv.shape[0]
-    eos_arr = jnp.asarray(eos if eos else (-1,), jnp.int32)
+    eos_arr = jnp.asarray(eos, jnp.int32).reshape(-1)
     first = sample(first_logits_bv, jax.random.fold_in(key, 0), sampling)
     out = jnp.full((b, max_new), pad_id, jnp.int32).at[:, 0].set(first)
     v = first_logits_bv.shape[-1]
