@@ -10,7 +10,7 @@ into pruning scores; the default one imitates biased attention (METHOD.md sectio
 with T a release-like position trend (exponential with T(575)/T(0) = 2x .. 14x, or FastV's cubic).
 Each scorer's scores are ranked raw, detrended only, padding-suppressed only, and both, and we report
 recall@K of the relevant tokens, |top-K & relevant| / min(K, |relevant|), for K = 64, 128, 192.
-"detrend" divides out the true trend; "both+fit" uses a trend fitted (jaxvlm.debias.Trend.fit, exponential,
+"detrend" divides out the true trend; "both+fit" uses a trend fitted (jaxvlm.debias.Trend.fit, exponential, log loss,
 padding excluded) on held-out calibration scenes, i.e. what `jaxvlm calibrate` would produce.
 
 Plug a method in: `run(..., scorers={"mine": fn})` with `fn(scenes, trend, rng) -> (S, N) scores`, and
@@ -117,7 +117,7 @@ def fit_trend(scorer: Scorer, trend: debias.Trend, n: int, rng: np.random.Genera
     """Calibrate on held-out scenes: exponential fit of the scores, padding patches excluded."""
     cal = make_scenes(n, rng)
     scores = scorer(cal, trend, rng)
-    return debias.Trend.fit(cal.positions, scores, weight=cal.valid, family="exponential", offset=False), n
+    return debias.Trend.fit(cal.positions, scores, weight=cal.valid, family="exponential", loss="log", offset=False), n
 
 
 def run(

@@ -129,3 +129,14 @@ def test_fit_is_deterministic_and_validates():
         debias.Trend.fit(X, y, weight=np.zeros_like(y))
     with pytest.raises(ValueError):
         debias.Trend.fit(X, y, loss="l1")
+
+
+def test_trend2d_fit_recovers_separable_trend():
+    rows, cols = np.divmod(np.arange(576), 24)
+    true = debias.Trend2D(debias.Trend("exponential", (1.0, 0.08, 0.0)), debias.Trend("exponential", (1.0, 0.02, 0.0)))
+    scores = np.tile(2.5 * true(rows, cols), (4, 1))
+    fit = debias.Trend2D.fit(rows, cols, scores, loss="log", offset=False)
+    np.testing.assert_allclose(fit(rows, cols), 2.5 * true(rows, cols), rtol=1e-6)
+    flat = debias.detrend(scores[0], (rows, cols), fit)
+    np.testing.assert_allclose(flat, flat[0], rtol=1e-6)
+    assert debias.load_trend({"row": fit.row.to_dict(), "col": fit.col.to_dict()}) == fit
