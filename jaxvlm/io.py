@@ -119,9 +119,13 @@ def atomic_dir(dst: str):
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        if os.path.exists(dst):
-            shutil.rmtree(dst)
+        old = None
+        if os.path.exists(dst):  # overwrite: move the old copy aside first, delete it only after the swap
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.old-", dir=parent)
+            os.rename(dst, os.path.join(old, "x"))
         os.rename(tmp, dst)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
     return ctx()
 
