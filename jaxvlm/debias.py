@@ -108,55 +108,74 @@ def unpad_mask(image_sizes, grid: int = 24):
     return valid.reshape(*sizes.shape[:-1], grid * grid).astype(xp.float32)
 
 
-def _pil_bilinear_keep(size: int, lo: int, hi: int, out: int) -> np.ndarray:
-    """Pillow's 8-bit BILINEAR resize of a 1-D {0,1} mask (valid [lo, hi) of `size`) to `out`, then >= 1.
+def _pil_bilinear_keep(xp, side, lo, hi, out: int, kmax: int):
+    """Pillow's 8-bit BILINEAR resize of 1-D {0,1} masks to `out` samples, kept where the uint8 result >= 1.
 
-    Follows Pillow's resampling (triangle filter widened by the scale, normalised coefficients rounded to
-    22-bit fixed point, output rounded to uint8), so the result equals `Image.resize(..., BILINEAR)`.
+    side, lo, hi: (N,) int input length and valid range [lo, hi). Follows Pillow's resampling exactly:
+    triangle filter widened by the downscale factor, coefficients normalised (sequential sum) and rounded
+    to 22-bit fixed point, output rounded to uint8. kmax: static window bound (>= 2*ceil(side/out) + 1).
+    Returns (N, out) bool.
     """
-    scale = size / out
-    filterscale = max(scale, 1.0)
-    support = 1.0 * filterscale
+    ft = _float(xp)
+    scale = side.astype(ft) / out
+    filterscale = xp.maximum(scale, 1.0)
+    support = filterscale  # bilinear filter support 1.0, widened
     ss = 1.0 / filterscale
-    keep = np.zeros(out, bool)
-    for xx in range(out):
-        center = (xx + 0.5) * scale
-        xmin = max(int(center - support + 0.5), 0)
-        xmax = min(int(center + support + 0.5), size)
-        x = np.arange(xmin, xmax, dtype=np.float64)
-        wts = np.abs((x - center + 0.5) * ss)
-        wts = np.where(wts < 1.0, 1.0 - wts, 0.0)
-        ww = np.cumsum(wts)[-1] if len(wts) else 0.0  # sequential sum, as the C loop
-        k = wts / ww if ww != 0.0 else wts
-        kk = np.floor(k * float(1 << 22) + 0.5).astype(np.int64)
-        xi = np.arange(xmin, xmax)
-        acc = (1 << 21) + int(kk[(xi >= lo) & (xi < hi)].sum())
-        keep[xx] = (acc >> 22) >= 1
-    return keep
+    center = (xp.arange(out, dtype=ft) + 0.5) * scale[:, None]  # (N, out)
+    xmin = xp.maximum(xp.trunc(center - support[:, None] + 0.5), 0.0)
+    xmax = xp.minimum(xp.trunc(center + support[:, None] + 0.5), side[:, None].astype(ft))
+    k = xp.arange(kmax, dtype=ft)
+    x = xmin[..., None] + k  # (N, out, kmax) pixel index
+    dist = xp.abs((x - center[..., None] + 0.5) * ss[:, None, None])
+    tri = xp.where((k < (xmax - xmin)[..., None]) & (dist < 1.0), 1.0 - dist, 0.0)
+    ww = xp.cumsum(tri, axis=-1)[..., -1:]  # sequential, as the C loop
+    coef = xp.where(ww != 0.0, tri / xp.where(ww != 0.0, ww, 1.0), tri)
+    fixed = xp.floor(coef * float(1 << 22) + 0.5).astype(xp.int32)
+    inside = (x >= lo[:, None, None].astype(ft)) & (x < hi[:, None, None].astype(ft))
+    acc = (1 << 21) + xp.sum(xp.where(inside, fixed, 0), axis=-1)
+    return (acc >> 22) >= 1
 
 
-def pad_mask_sparsevlm(image_sizes, grid: int = 24) -> np.ndarray:
+def pad_mask_sparsevlm(image_sizes, grid: int = 24, max_side: int = 8192):
     """SparseVLM's variant: a {0,1} pixel mask of the expand2square canvas (side max(W, H), image pasted at
     the integer offset (max-min)//2) resized with Pillow BILINEAR to grid x grid, kept where >= 0.5.
 
-    Host side only (numpy): image_sizes (..., 2) (width, height) -> (..., grid*grid) float32 {0,1}.
-    Nearly equal to `pad_mask(..., threshold=0.5)`; tests compare it with Pillow itself.
+    image_sizes (..., 2) (width, height) -> (..., grid*grid) float32 {0,1}; nearly equal to
+    `pad_mask(..., threshold=0.5)`. Equal to Pillow itself on the host path (tests compare). max_side: static
+    bound on max(W, H) for the jax path's filter window (the host path sizes it from the data).
     """
-    sizes = np.asarray(image_sizes, dtype=np.int64)
-    flat = sizes.reshape(-1, 2)
-    masks = np.ones((len(flat), grid, grid), np.float32)
-    for n, (w, h) in enumerate(flat):
-        w, h = int(w), int(h)
-        if w == h:
-            continue
-        side, short = max(w, h), min(w, h)
-        off = (side - short) // 2
-        keep = _pil_bilinear_keep(side, off, off + short, grid)
-        if w > h:
-            masks[n] = keep[:, None]  # rows
-        else:
-            masks[n] = keep[None, :]  # columns
-    return masks.reshape(*sizes.shape[:-1], grid * grid)
+    xp = _xp(image_sizes)
+    sizes = xp.asarray(image_sizes)
+    flat = sizes.reshape(-1, 2).astype(xp.int32)
+    w, h = flat[:, 0], flat[:, 1]
+    side = xp.maximum(w, h)
+    short = xp.minimum(w, h)
+    off = (side - short) // 2
+    if xp is np:
+        max_side = int(side.max()) if side.size else 1
+    kmax = 2 * -(-max(max_side, grid) // grid) + 3
+    keep = _pil_bilinear_keep(xp, side, off, off + short, grid, kmax)  # (N, grid) along the padded axis
+    keep = keep | (w == h)[:, None]
+    full = xp.ones_like(keep)
+    rows = xp.where((w > h)[:, None], keep, full)
+    cols = xp.where((w < h)[:, None], keep, full)
+    valid = rows[:, :, None] & cols[:, None, :]
+    return valid.reshape(*sizes.shape[:-1], grid * grid).astype(xp.float32)
+
+
+PAD_VARIANTS = ("release", "sparsevlm", "unpad")
+
+
+def make_pad_mask(image_sizes, variant: str = "release", threshold: float = 0.5, grid: int = 24, image_size: int = 336):
+    """One entry point for the three padding-mask variants: "release" (`pad_mask`, with `threshold`),
+    "sparsevlm" (`pad_mask_sparsevlm`), "unpad" (`unpad_mask`). (..., 2) -> (..., grid*grid) {0,1}."""
+    if variant == "release":
+        return pad_mask(image_sizes, grid=grid, image_size=image_size, threshold=threshold)
+    if variant == "sparsevlm":
+        return pad_mask_sparsevlm(image_sizes, grid=grid)
+    if variant == "unpad":
+        return unpad_mask(image_sizes, grid=grid)
+    raise ValueError(f"unknown pad mask variant {variant!r} (have {PAD_VARIANTS})")
 
 
 def valid_mask(num_media: int, grid_h: int, grid_w: int | None = None):

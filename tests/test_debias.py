@@ -134,6 +134,28 @@ def test_sparsevlm_mask_equals_pillow(size):
     np.testing.assert_array_equal(debias.pad_mask_sparsevlm(np.array(size)), pil_mask(*size))
 
 
+def test_sparsevlm_mask_jit_equals_pillow():
+    rng = np.random.default_rng(2)
+    w = rng.integers(1, 5000, 300)
+    h = np.where(rng.random(300) < 0.4, w + rng.integers(-30, 31, 300), rng.integers(1, 5000, 300)).clip(1)
+    sizes = np.stack([w, h], 1)
+    ref = np.stack([pil_mask(a, b) for a, b in sizes])
+    np.testing.assert_array_equal(debias.pad_mask_sparsevlm(sizes), ref)
+    np.testing.assert_array_equal(np.asarray(jax.jit(debias.pad_mask_sparsevlm)(jnp.asarray(sizes))), ref)
+
+
+def test_make_pad_mask_variants():
+    sizes = np.array([[640, 480], [300, 1000]])
+    np.testing.assert_array_equal(debias.make_pad_mask(sizes, "release", 0.01), debias.pad_mask(sizes, threshold=0.01))
+    np.testing.assert_array_equal(debias.make_pad_mask(sizes, "unpad"), debias.unpad_mask(sizes))
+    np.testing.assert_array_equal(debias.make_pad_mask(sizes, "sparsevlm"), debias.pad_mask_sparsevlm(sizes))
+    f = jax.jit(debias.make_pad_mask, static_argnums=(1, 2))
+    for variant in debias.PAD_VARIANTS:
+        np.testing.assert_array_equal(np.asarray(f(jnp.asarray(sizes), variant, 0.5)), debias.make_pad_mask(sizes, variant))
+    with pytest.raises(ValueError):
+        debias.make_pad_mask(sizes, "crop")
+
+
 def test_sparsevlm_mask_close_to_threshold_half():
     rng = np.random.default_rng(1)
     sizes = rng.integers(100, 2000, (50, 2))
