@@ -11,6 +11,13 @@ Every array function here is pure and works on two kinds of input:
     under `jax.enable_x64`). In float32 a patch whose padding ratio lies within ~1e-6 of the threshold
     may flip; the host path is the exact one and the one `prepare` (numpy, host side) should use.
 
+Surface:
+  pad_mask / pad_mask_sparsevlm / unpad_mask / make_pad_mask   per-image (..., grid*grid) {0,1} masks
+  valid_mask, token_pad_flags                                  all-valid masks (Qwen), per-token flags
+  suppress_padding(scores, pad_mask), detrend(scores, positions, trend)
+  Trend (exponential | polynomial | table; fit, from_weights), Trend2D (row x col), load_trend
+  release_trend(method, benchmark), release_weights_path, release_benchmarks   the release's 41 files
+
 Orientation: a *pad mask* is 1 (True) where a patch is VALID image content and 0 where it is padding, as in
 the release (`scores * mask`). The engine's `StageContext.pad` is the opposite flag (True = padding):
 `token_pad_flags` builds it from per-media pad masks.
