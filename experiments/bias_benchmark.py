@@ -61,10 +61,11 @@ class Scenes:
         return np.broadcast_to(np.arange(N), self.valid.shape)
 
 
-def make_scenes(n: int, rng: np.random.Generator, sizes=SIZES, gain: float = 4.0) -> Scenes:
-    """n scenes cycling through `sizes`; 1-3 rectangular objects of 3-8 patches a side in the content area."""
+def make_scenes(n: int, rng: np.random.Generator, sizes=SIZES, gain: float = 4.0, threshold: float = 0.5) -> Scenes:
+    """n scenes cycling through `sizes`; 1-3 rectangular objects of 3-8 patches a side in the content area.
+    `threshold`: the pad-mask threshold padding suppression uses (release: 0.5; PyramidDrop 0.01)."""
     sz = np.asarray([sizes[i % len(sizes)] for i in range(n)])
-    valid = debias.pad_mask(sz, grid=GRID, threshold=0.5)
+    valid = debias.pad_mask(sz, grid=GRID, threshold=threshold)
     content = debias.pad_mask(sz, grid=GRID, threshold=0.0) > 0
     relevant = np.zeros((n, GRID, GRID), bool)
     for s in range(n):
@@ -113,9 +114,10 @@ def debiased(scores: np.ndarray, scenes: Scenes, trend: debias.Trend | None, pad
     return out
 
 
-def fit_trend(scorer: Scorer, trend: debias.Trend, n: int, rng: np.random.Generator) -> tuple[debias.Trend, int]:
+def fit_trend(scorer: Scorer, trend: debias.Trend, n: int, rng: np.random.Generator,
+              threshold: float = 0.5) -> tuple[debias.Trend, int]:
     """Calibrate on held-out scenes: exponential fit of the scores, padding patches excluded."""
-    cal = make_scenes(n, rng)
+    cal = make_scenes(n, rng, threshold=threshold)
     scores = scorer(cal, trend, rng)
     return debias.Trend.fit(cal.positions, scores, weight=cal.valid, family="exponential", loss="log", offset=False), n
 
@@ -128,6 +130,7 @@ def run(
     n_calib: int = 128,
     ks=KS,
     seed: int = 0,
+    threshold: float = 0.5,
 ) -> list[dict]:
     """One row per (scorer, trend): recall@K for every variant in VARIANTS, plus the fitted trend's ratio."""
     trends = release_like_trends() if trends is None else trends
@@ -138,9 +141,9 @@ def run(
         select = selectors.get(sname, top_k)
         for t_i, (tname, trend) in enumerate(trends.items()):
             rng = np.random.default_rng([seed, s_i, t_i])
-            scenes = make_scenes(n_scenes, rng)
+            scenes = make_scenes(n_scenes, rng, threshold=threshold)
             raw = scorer(scenes, trend, rng)
-            fitted, n_fit = fit_trend(scorer, trend, n_calib, np.random.default_rng([seed, s_i, t_i, 1]))
+            fitted, n_fit = fit_trend(scorer, trend, n_calib, np.random.default_rng([seed, s_i, t_i, 1]), threshold)
             variants = {
                 "raw": raw,
                 "detrend": debiased(raw, scenes, trend, False),
@@ -211,16 +214,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scenes", type=int, default=256, help="evaluation scenes per trend")
     ap.add_argument("--calib", type=int, default=128, help="held-out calibration scenes per trend (both+fit)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threshold", type=float, default=0.5, help="pad-mask threshold for padding suppression")
     ap.add_argument("--out", default="bias_benchmark.png", help="PNG plot path")
     ap.add_argument("--json", default=None, help="also write the rows as JSON here")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    rows = run(n_scenes=args.scenes, n_calib=args.calib, seed=args.seed)
+    rows = run(n_scenes=args.scenes, n_calib=args.calib, seed=args.seed, threshold=args.threshold)
     by_scorer: dict[str, list[dict]] = {}
     for r in rows:
         by_scorer.setdefault(r["scorer"], []).append(r)
     rows += [mean_row(rs, "mean") for rs in by_scorer.values()]
-    print(f"{args.scenes} scenes per trend, sizes {', '.join(f'{w}x{h}' for w, h in SIZES)}; "
+    print(f"{args.scenes} scenes per trend, pad threshold {args.threshold:g}, sizes {', '.join(f'{w}x{h}' for w, h in SIZES)}; "
           f"both+fit: exponential trend fitted on {args.calib} held-out scenes, padding excluded\n")
     print(format_table(rows))
     plot(rows, args.out)

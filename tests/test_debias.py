@@ -301,3 +301,16 @@ def test_stretch_maps_relative_positions():
     s = t.stretch(576, 1151)
     np.testing.assert_allclose(s(np.arange(0, 1151, 2.0)), t(np.arange(576.0)), rtol=1e-12)
     assert abs(s.ratio(1151) - t.ratio(576)) < 1e-9
+
+
+@SETTINGS
+@given(size=any_size, threshold=st.sampled_from([0.5, 0.01]), k=st.integers(1, 576), seed=st.integers(0, 2**16))
+def test_topk_after_suppression_keeps_no_padding_when_enough_valid(size, threshold, k, seed):
+    """Positive scores with a huge sink on padding: after suppression top-k holds no padding patch whenever
+    at least k patches are valid, and all valid patches otherwise."""
+    mask = debias.pad_mask(np.array(size), threshold=threshold)
+    rng = np.random.default_rng(seed)
+    scores = np.where(mask > 0, rng.random(576) + 1e-3, 1e3 * (1 + rng.random(576)))
+    kept = np.argsort(-debias.suppress_padding(scores, mask), kind="stable")[:k]
+    n_valid = int(mask.sum())
+    assert (mask[kept] == 0).sum() == max(0, k - n_valid)
