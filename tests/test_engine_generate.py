@@ -283,3 +283,21 @@ def test_bad_schedules_fail_on_the_host(models, inputs):
         jaxvlm.forward(params, **inputs, prune=(FastV(layer=1, keep=64), FastV(layer=3, keep=32, score_layer=0)))
     with pytest.raises(ValueError, match="not a pruning Stage"):
         jaxvlm.forward(params, **inputs, prune=("fastv",))
+
+
+def test_debiased_stage_gets_padding_flags_from_image_sizes(models, inputs):
+    """prune.debiased(..., padding=True): the engine builds StageContext.pad from image_sizes, so no kept token
+    lies on a pad-to-square padding patch (wide images: padding above and below)."""
+    from jaxvlm import debias, prune
+
+    _, params, _ = models
+    sizes = np.array([[336, 120], [500, 200], [336, 336]], np.int32)  # (width, height) per image
+    sched = prune.debiased(prune.fastv(layer=2, keep=200), recency=False, padding=True, pad_threshold=0.5)
+    out = jaxvlm.forward(params, **inputs, image_sizes=sizes, prune=sched)
+    kept = np.asarray(out.kept[0])
+    masks = np.asarray(debias.pad_mask(sizes, grid=24, image_size=336, threshold=0.5))  # 1 = real patch
+    for r in range(3):
+        span = np.flatnonzero(inputs["input_ids"][r] == IMAGE_TOKEN)
+        got = kept[r][kept[r] >= 0]
+        assert masks[r][np.searchsorted(span, got)].all()
+        assert len(got) == min(200, int(masks[r].sum()))  # FastV's budget rule "lower" under suppression

@@ -56,12 +56,33 @@ def _last_slot(valid_bt: jax.Array) -> jax.Array:
     return jnp.max(jnp.where(valid_bt, jnp.arange(t, dtype=jnp.int32), 0), axis=1)
 
 
+def pad_flags_fn(config, image_sizes):
+    """`pad_fn` for prefill: a stage with `pad_threshold` (set by prune.debiased) gets StageContext.pad = the
+    visual tokens lying on pad-to-square padding patches of their image (debias.make_pad_mask with the stage's
+    `pad_variant`, default "release"). None when the model has no padded square grid or image_sizes is absent
+    (then `pad` is all False)."""
+    vision = getattr(config, "vision", None)
+    if image_sizes is None or not hasattr(vision, "grid") or not hasattr(vision, "image_size"):
+        return None
+    from jaxvlm import debias
+
+    def fn(stage, state):
+        threshold = getattr(stage, "pad_threshold", None)
+        if threshold is None:
+            return jnp.zeros_like(state.valid)
+        masks = debias.make_pad_mask(jnp.asarray(image_sizes), variant=getattr(stage, "pad_variant", "release"),
+                                     threshold=threshold, grid=vision.grid, image_size=vision.image_size)
+        return debias.token_pad_flags(state.media, state.row, state.col, masks) & state.valid
+
+    return fn
+
+
 def _generate_core(text_w, cfg: TextConfig, state: TokenState, key, sampling: Sampling, plan: Plan,
-                   eos, pad_id, mesh, output_logits: bool = False, embeds=None):
+                   eos, pad_id, mesh, output_logits: bool = False, embeds=None, pad_fn=None):
     TRACE_COUNTS["generate"] += 1
     b = state.batch
     state = shard.shard_state(state, mesh)
-    state, caches, kept = prefill(text_w, cfg, state, plan, embeds=embeds)
+    state, caches, kept = prefill(text_w, cfg, state, plan, embeds=embeds, pad_fn=pad_fn)
     last = _last_slot(state.valid)
     x_last = jnp.take_along_axis(state.x, last[:, None, None], axis=1)  # gather before the vocab matmul
     logits = decoder.final_logits(text_w, x_last, cfg)[:, 0]
@@ -71,11 +92,11 @@ def _generate_core(text_w, cfg: TextConfig, state: TokenState, key, sampling: Sa
     return tokens[:b], tuple(k[:b] for k in kept), (step_logits[:b] if output_logits else None)
 
 
-def _forward_core(text_w, cfg: TextConfig, state: TokenState, plan: Plan, mesh, embeds=None):
+def _forward_core(text_w, cfg: TextConfig, state: TokenState, plan: Plan, mesh, embeds=None, pad_fn=None):
     TRACE_COUNTS["forward"] += 1
     b = state.batch
     state = shard.shard_state(state, mesh)
-    state, _, kept = prefill(text_w, cfg, state, plan, embeds=embeds)
+    state, _, kept = prefill(text_w, cfg, state, plan, embeds=embeds, pad_fn=pad_fn)
     logits = decoder.final_logits(text_w, state.x, cfg)
     return logits[:b], tuple(k[:b] for k in kept), state.src[:b]
 
@@ -90,7 +111,8 @@ def _generate_vlm(params, batch, key, sampling, plan, eos, pad_id, mesh, output_
     emb = family(params).embed(params, batch)
     state = pad_to(from_embedded(emb), plan.lengths[0])
     return _generate_core(params.weights["text"], params.config.text, state, key, sampling, plan, eos, pad_id,
-                          mesh, output_logits, embeds=emb.embeds)
+                          mesh, output_logits, embeds=emb.embeds,
+                          pad_fn=pad_flags_fn(params.config, batch.get("image_sizes")))
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC + ("cfg",))
@@ -105,7 +127,8 @@ def _forward_vlm(params, batch, plan, mesh):
 
     emb = family(params).embed(params, batch)
     state = pad_to(from_embedded(emb), plan.lengths[0])
-    return _forward_core(params.weights["text"], params.config.text, state, plan, mesh, embeds=emb.embeds)
+    return _forward_core(params.weights["text"], params.config.text, state, plan, mesh, embeds=emb.embeds,
+                         pad_fn=pad_flags_fn(params.config, batch.get("image_sizes")))
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "plan", "mesh"))

@@ -184,11 +184,12 @@ def _cat(parts):
     return tuple(jnp.concatenate([p[j] for p in parts], axis=0) for j in range(2))
 
 
-def prefill(text_w: dict, cfg: TextConfig, state: TokenState, plan: Plan, embeds=None):
+def prefill(text_w: dict, cfg: TextConfig, state: TokenState, plan: Plan, embeds=None, pad_fn=None):
     """Run all segments and stages. Returns (final TokenState, caches, kept).
 
     caches: one SegmentCache per segment of `plan.bounds` (None for an empty segment; no caches at all when
     plan.max_new == 0); kept: one (B, keep) int32 array of input indices per stage.
+    pad_fn(stage, state) -> (B, T) bool builds `StageContext.pad` (padding patches; None: all False).
     """
     layers = text_w["layers"]
     caches, kept = [], []
@@ -226,7 +227,7 @@ def prefill(text_w: dict, cfg: TextConfig, state: TokenState, plan: Plan, embeds
 
         ctx = StageContext(
             state=state, logits=logits, row_slots=rows, row_weight=weights, keys=keys,
-            pad=jnp.zeros_like(state.valid), embeds=embeds,
+            pad=jnp.zeros_like(state.valid) if pad_fn is None else pad_fn(stage, state), embeds=embeds,
         )
         state, k = apply_stage(stage, state, ctx, plan.lengths[i + 1])
         kept.append(k)
