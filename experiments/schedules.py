@@ -166,6 +166,11 @@ def grid_schedules(n_layers: int, n_visual: int, fast: bool = False) -> dict[str
     s["himap 2/115 8/90 (scaled)"] = prune.himap(text_keep=frac(115 / 576), image_keep=frac(90 / 576),
                                                  image_layer=max(3, L * 8 // 32))
     s["illava keep 70%"] = prune.illava(layers=(max(1, L // 4),), keep_ratio=0.7, n_visual=n_visual)
+    if not fast:  # the release's recency trends (stretched to this grid) on the other hosts; no padding here
+        for name, method in (("pdrop [2,10,20]/32 .32/.16/.08", "pdrop"), ("sparsevlm 128 v1.5", "sparsevlm"),
+                             ("himap 2/115 8/90 (scaled)", "himap"), (f"tokencarve keep={frac(0.25)}", "tokencarve")):
+            tr = debias.release_trend(method, "gqa").stretch(576, n_visual)
+            s[name + " +recency"] = prune.debiased(s[name], trend=tr, padding=False)
     return s
 
 
@@ -236,7 +241,8 @@ def plot(rows: list[dict], front: list[str], path: Path, title: str) -> None:
     for r in rows:
         y = max(r["kl"], floor)
         ax.scatter(r["rel_flops"], y, c="tab:red" if r["schedule"] in front else "tab:blue", s=24)
-        ax.annotate(r["schedule"], (r["rel_flops"], y), fontsize=6, xytext=(3, 2), textcoords="offset points")
+        label = r["schedule"] + (" (KL=0)" if r["kl"] == 0 else "")
+        ax.annotate(label, (r["rel_flops"], y), fontsize=6, xytext=(3, 2), textcoords="offset points")
     fr = sorted((r for r in rows if r["schedule"] in front), key=lambda r: r["rel_flops"])
     ax.plot([r["rel_flops"] for r in fr], [max(r["kl"], floor) for r in fr], "r--", lw=1, label="Pareto front")
     ax.set_yscale("log")

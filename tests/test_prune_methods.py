@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from jaxvlm import prune
+from jaxvlm.engine import state as ts
+from jaxvlm.prune.sparsevlm import ctx_raters
 
 from prune_ref import full_attention, layout, make_ctx, random_qk, run_stage, slots_set, topk_desc
 
@@ -353,3 +355,26 @@ def test_stages_hashable_and_static():
         for st in s:
             assert isinstance(st.layer, int) and isinstance(st.keep, int)
     assert prune.fastv() == prune.fastv(layer=2, keep=128)
+
+
+def test_sparsevlm_raters_survive_earlier_pruning():
+    """At a later stage (reduced state) the raters are still those of the ORIGINAL sequence's embeddings."""
+    rng, lay, q, k, _ = _setup(12, 2, 40, 20, 2, 4)
+    emb = rng.standard_normal((2, 40, 16)).astype(np.float32)
+    st = prune.sparsevlm(budgets=(6,), layers=(2,), n_visual=20, recycle=False)[0]
+    ctx0 = make_ctx(st, lay.state, q, k, embeds=emb)
+    full = np.asarray(ctx_raters(ctx0))
+    # drop every other visual token (as an earlier stage would) and re-run the rater choice on the survivors
+    vis = np.asarray(lay.state.visual)
+    keep = np.asarray(lay.state.valid) & ~(vis & (np.cumsum(vis, 1) % 2 == 0))
+    order = np.argsort(np.where(keep, np.arange(40)[None], 100 + np.arange(40)[None]), axis=1, kind="stable")
+    valid = np.take_along_axis(keep, order, 1)
+    small = ts.gather(lay.state, np.asarray(order, np.int32), valid)
+    ctx1 = make_ctx(st, small, q[:, :, :1].repeat(40, 2), k[:, :, :1].repeat(40, 2), embeds=emb)
+    red = np.asarray(ctx_raters(ctx1))
+    src0 = np.take_along_axis(np.asarray(lay.state.src), np.asarray(ctx0.row_slots), 1)
+    src1 = np.take_along_axis(np.asarray(small.src), np.asarray(ctx1.row_slots), 1)
+    for i in range(2):
+        a = {int(s) for s, f, w in zip(src0[i], full[i], np.asarray(ctx0.row_weight)[i]) if f and w}
+        b = {int(s) for s, f, w in zip(src1[i], red[i], np.asarray(ctx1.row_weight)[i]) if f and w}
+        assert a == b and a
