@@ -26,14 +26,16 @@ def text_config(**over) -> dict:
 
 
 def hf_config_dict(family: str, *, depth: int = 2, fullatt=(1,), window_size: int = 56, text=None,
-                   tokens_per_second: int = 2, token_ids: dict | None = None) -> dict:
+                   tokens_per_second: int = 2, token_ids: dict | None = None, vision_width: int = 32) -> dict:
     """A tiny config dict (what config.json would hold, nested text_config layout)."""
+    out = (text or {}).get("hidden_size", 64)
     if family == "qwen2_vl":
-        vision = {"depth": depth, "embed_dim": 32, "hidden_size": 64, "num_heads": 2, "mlp_ratio": 2,
+        vision = {"depth": depth, "embed_dim": vision_width, "hidden_size": out, "num_heads": 2, "mlp_ratio": 2,
                   "patch_size": PATCH, "temporal_patch_size": 2, "spatial_merge_size": MERGE, "in_channels": 3,
                   "hidden_act": "quick_gelu", "initializer_range": 0.1}
     else:
-        vision = {"depth": depth, "hidden_size": 32, "out_hidden_size": 64, "num_heads": 2, "intermediate_size": 48,
+        vision = {"depth": depth, "hidden_size": vision_width, "out_hidden_size": out, "num_heads": 2,
+                  "intermediate_size": 48,
                   "patch_size": PATCH, "temporal_patch_size": 2, "spatial_merge_size": MERGE, "in_channels": 3,
                   "hidden_act": "silu", "window_size": window_size, "fullatt_block_indexes": list(fullatt),
                   "tokens_per_second": tokens_per_second, "initializer_range": 0.1}

@@ -241,6 +241,23 @@ def test_logits_qwen25_large_grid_window_partition():
     assert dd < LOGIT_ATOL
 
 
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+def test_logits_real_head_dims(family):
+    """The real checkpoints' head geometry: vision head_dim 80 (1280 / 16: 20 rotary frequencies per axis),
+    text head_dim 128 with mrope_section [16, 24, 24] and rope_theta 1e6 (narrow widths, 2 heads each)."""
+    text = {"hidden_size": 256, "num_attention_heads": 2, "num_key_value_heads": 1, "intermediate_size": 128,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]}}
+    model, d = R.build(family, seed=11, text=text, vision_width=160, window_size=112)
+    cfg = qwen_vl.parse_config(d)
+    assert cfg.vision.head_dim == 80 and cfg.text.head_dim == 128
+    params = VLM(weights=convert(table_for(cfg), qwen_vl.weight_shapes(cfg), DictReader(model.state_dict()),
+                                 place=jnp.asarray), config=cfg)
+    inputs = _two_image_row(np.random.default_rng(12))
+    ref = R.torch_logits(model, **inputs)
+    d_max = _record(f"{family} real head dims, T={ref.shape[1]}", _masked_max(jax_logits(params, **inputs), ref))
+    assert d_max < LOGIT_ATOL
+
+
 def test_text_only_rows(pair):
     model, params = pair
     rng = np.random.default_rng(8)

@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvlm.layers import activation, apply_rope, layer_norm, rms_norm
+from jaxvlm.layers import activation, apply_rope, base_inv_freq, layer_norm, rms_norm
 
 NORM_EPS = 1e-6  # transformers hard-codes eps=1e-6 for every norm of both towers and mergers
 
@@ -213,8 +213,8 @@ def _norm(cfg: VisionConfig, x, scale, bias):
 def rotary(cfg: VisionConfig, rope_pos: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Axial 2-D rotary: cos, sin (1, Np, H/2) float32; the first H/4 frequencies rotate by row, the rest by col."""
     spatial = cfg.head_dim // 2
-    inv = 1.0 / (cfg.rope_theta ** (np.arange(0, spatial, 2, dtype=np.float32) / spatial))  # (H/4,)
-    angles = rope_pos.astype(jnp.float32)[:, :, None] * jnp.asarray(inv, jnp.float32)  # (Np, 2, H/4)
+    inv = base_inv_freq(cfg.rope_theta, spatial)  # (H/4,)
+    angles = rope_pos.astype(jnp.float32)[:, :, None] * jnp.asarray(inv)  # (Np, 2, H/4)
     angle = angles.reshape(angles.shape[0], -1)[None]  # (1, Np, H/2): [row freqs, col freqs]
     return jnp.cos(angle), jnp.sin(angle)
 
