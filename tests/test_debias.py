@@ -314,3 +314,15 @@ def test_topk_after_suppression_keeps_no_padding_when_enough_valid(size, thresho
     kept = np.argsort(-debias.suppress_padding(scores, mask), kind="stable")[:k]
     n_valid = int(mask.sum())
     assert (mask[kept] == 0).sum() == max(0, k - n_valid)
+
+
+def test_exact_mode_matches_release_inside_jit_and_vmap():
+    """Ties the float32 path resolves differently (400x233 at 0.01, 94x47 unpad) are exact with exact=True."""
+    sizes = np.array([[400, 233], [800, 266], [94, 47], [640, 480], [300, 1000]])
+    for variant, thr in (("release", 0.01), ("release", 0.5), ("unpad", 0.5), ("sparsevlm", 0.5)):
+        want = debias.make_pad_mask(sizes, variant, thr)
+        f = jax.jit(lambda s, v=variant, t=thr: debias.make_pad_mask(s, v, t, exact=True))
+        np.testing.assert_array_equal(np.asarray(f(jnp.asarray(sizes))), want)
+        np.testing.assert_array_equal(np.asarray(jax.vmap(f)(jnp.asarray(sizes))), want)
+    ref = np.stack([loop_pad_mask(400, 233, threshold=0.01)[0]])
+    np.testing.assert_array_equal(debias.pad_mask(np.array([[400, 233]]), threshold=0.01), ref)
