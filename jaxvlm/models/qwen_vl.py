@@ -256,6 +256,13 @@ def prepare(cfg: QwenVLConfig, input_ids, attention_mask=None, pixel_values=None
             image_sizes=None) -> dict[str, np.ndarray]:
     """Validate transformers-style inputs and compute every host-side array `embed` needs (numpy).
 
+    Returns input_ids (B,T) int32, valid (B,T) bool, positions (3,B,T) int32 (get_rope_index; 0 on padding),
+    rope_deltas (B,) int32, feature_index (B,T) int32 (row of the merged image-then-video features each visual
+    token takes, -1 for text), the per-token metadata of `Embedded` (visual, media [images first, then
+    videos], frame [temporal patch index], row, col [merged grid], span_index [row * merged_w + col]) and,
+    when media are given, patches (Np, C*tp*p*p) float32 (images then videos) with the vision index arrays
+    `vis_*` of `qwen_vision.index_arrays`. `mm_token_type_ids` is derived from the ids when absent (and must
+    agree with them when given); `second_per_grid_ts` (one per video) spaces Qwen2.5-VL video time positions.
     `image_sizes` is accepted for API uniformity and unused (Qwen images are resized, never padded).
     """
     ids = _as_np(input_ids, np.int64)
