@@ -89,7 +89,8 @@ def _logits(params: VLM, batch: dict) -> jax.Array:
 
 def _abstract_params(cfg) -> VLM:
     shapes = qwen_vl.weight_shapes(cfg)
-    leaves = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s, jnp.bfloat16), shapes, is_leaf=lambda x: isinstance(x, tuple))
+    leaves = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s, jnp.bfloat16), shapes,
+                          is_leaf=lambda x: isinstance(x, tuple))
     return VLM(weights=leaves, config=cfg)
 
 

@@ -108,7 +108,8 @@ def test_load_flat_hub_config_with_tied_embeddings(tmp_path):
     text = dict(d["text_config"])
     rope = text.pop("rope_parameters")
     flat.update(text)
-    flat.update({"rope_theta": rope["rope_theta"], "rope_scaling": {"type": "mrope", "mrope_section": rope["mrope_section"]},
+    flat.update({"rope_theta": rope["rope_theta"],
+                 "rope_scaling": {"type": "mrope", "mrope_section": rope["mrope_section"]},
                  "tie_word_embeddings": True, "architectures": ["Qwen2VLForConditionalGeneration"],
                  "use_sliding_window": False, "sliding_window": 32768, "max_window_layers": 2})
     flat["vision_config"] = {**d["vision_config"], "in_chans": 3, "spatial_patch_size": R.PATCH}
