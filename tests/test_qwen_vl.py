@@ -8,9 +8,8 @@ Tolerances (float32 everywhere, `jax_default_matmul_precision=highest` in confte
 - logits: atol 1e-4 on logits of magnitude ~3-7. Measured max differences are ~5e-6 with the tiny head dims
   and ~3.3e-5 with the real ones (text head_dim 128, theta 1e6, positions ~600: float32 rotary angles; torch's
   own float32 logits differ from a float64 run by 3.7e-5 there), so 1e-4 is ~3x above float32 noise.
-  Every deliberate bug below (swapped
-  mrope_section, wrong window partition, missing inverse window order, wrong merge order) moves logits by
-  > 1e-2, i.e. 100x above the tolerance (`test_bugs_fail_the_tolerance` asserts that).
+  Every deliberate bug below (swapped mrope_section, wrong window partition, missing inverse window order,
+  wrong merge order) moves logits by > 1e-2, i.e. 100x above the tolerance (`test_bugs_fail_the_tolerance` asserts that).
 """
 
 from __future__ import annotations
