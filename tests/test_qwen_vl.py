@@ -355,3 +355,37 @@ def test_greedy_generate_matches_transformers(pair):
     print(f"\n{params.config.family} greedy tokens: {got.tolist()}")
     assert len(np.unique(got)) > 4  # not a degenerate repeat of one token
     np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+def test_vision_tower_real_width(family):
+    """Real vision geometry (width 1280, 16 heads, real MLP widths, 112 px windows) at depth 4, on a 448x448
+    image (1024 patches, 4x4 windows of 4x4 merged tokens), transformers' own init: merger output parity."""
+    from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
+    from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VisionTransformerPretrainedModel
+
+    from test_qwen_configs import QWEN2_VL_2B, QWEN25_VL_3B
+
+    d = dict(QWEN2_VL_2B if family == "qwen2_vl" else QWEN25_VL_3B)
+    d["vision_config"] = {**d["vision_config"], "depth": 4}
+    if family == "qwen2_5_vl":
+        d["vision_config"]["fullatt_block_indexes"] = [1, 3]
+    hf_cls, cfg_cls = ((Qwen2VisionTransformerPretrainedModel, Qwen2VLConfig) if family == "qwen2_vl"
+                       else (Qwen2_5_VisionTransformerPretrainedModel, Qwen2_5_VLConfig))
+    torch.manual_seed(0)
+    vis = hf_cls._from_config(cfg_cls(**dict(d)).vision_config).float().eval()
+    cfg = qwen_vl.parse_config(d)
+    shapes = qwen_vl.weight_shapes(cfg)
+    shapes = {"vision": shapes["vision"], "projector": shapes["projector"]}
+    w = convert(table_for(cfg), shapes, DictReader({"visual." + k: v for k, v in vis.state_dict().items()}),
+                place=jnp.asarray)
+    grid = np.array([(1, 32, 32)])
+    pv = np.random.default_rng(0).standard_normal((1024, 1176)).astype(np.float32)
+    with torch.no_grad():
+        ref = vis(torch.from_numpy(pv), grid_thw=torch.from_numpy(grid)).pooler_output.numpy()
+    idx = qwen_vision.index_arrays(cfg.vision, grid)
+    out = jax.jit(lambda w, p, i: qwen_vision.encode(cfg.vision, w["vision"], w["projector"], p, i))(w, pv, idx)
+    d_max = _record(f"{family} real-width vision tower + merger (depth 4, 1024 patches)", _masked_max(out, ref))
+    assert d_max < VISION_RTOL * np.abs(ref).max()
