@@ -8,13 +8,15 @@ every prompt token, later ones to the survivors only, exactly like in-place Fast
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import struct
 
 from jaxvlm.config import TextConfig
 from jaxvlm.engine.prefill import Plan, SegmentCache
-from jaxvlm.layers import attention
+from jaxvlm.layers import MASK_VALUE
 from jaxvlm.models import decoder
 
 
@@ -43,25 +45,57 @@ def sample(logits_bv: jax.Array, key: jax.Array, sampling: Sampling) -> jax.Arra
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
+def split_layers(layers: dict):
+    """On CPU, the per-layer weights as a list sliced once, before the decode loop.
+
+    Inside a loop, XLA:CPU copies each layer's slice of the stacked weights before every matmul (a dynamic- or
+    static-slice feeding a dot is materialised), which doubles decode's memory traffic. Slicing once outside the
+    loop costs one copy of the layer weights per call instead of one per token. Elsewhere (GPU/TPU) the stacked
+    weights are scanned (no extra memory for the copy).
+    """
+    if jax.default_backend() != "cpu":
+        return layers
+    n = jax.tree.leaves(layers)[0].shape[0]
+    return [jax.tree.map(lambda w, i=i: w[i], layers) for i in range(n)]
+
+
+def decode_attention(q_b1nh, k_bksh, v_bksh, mask_bs):
+    """Attention of one new query per row over a heads-major cache: (B, 1, N, H) -> (B, 1, N, H)."""
+    b, _, n, h = q_b1nh.shape
+    kh = k_bksh.shape[1]
+    q = q_b1nh.reshape(b, kh, n // kh, h)
+    logits = jnp.einsum("BKGH,BKSH->BKGS", q, k_bksh) * (1.0 / math.sqrt(h))
+    logits = jnp.where(mask_bs[:, None, None, :], logits.astype(jnp.float32), MASK_VALUE)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v_bksh.dtype)
+    return jnp.einsum("BKGS,BKSH->BKGH", probs, v_bksh).reshape(b, 1, n, h)
+
+
 def decode_segment(layers: dict, cache: SegmentCache, x_b1d, cos, sin, write_at, cfg: TextConfig):
     """One token through a segment's layers, updating its cache in place (scan carry). Returns (x, cache)."""
     b = x_b1d.shape[0]
     valid = jax.lax.dynamic_update_slice(cache.valid, jnp.ones((b, 1), bool), (0, write_at))
-    mask = valid[:, None, :]
 
     def step(carry, lw):
         x, k_all, v_all, idx = carry
-        q, k, v = decoder.project_qkv(lw, x, cos, sin, cfg)
-        k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), (idx, 0, write_at, 0, 0))
-        v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), (idx, 0, write_at, 0, 0))
+        q, k, v = decoder.project_qkv(lw, x, cos, sin, cfg)  # k, v (B, 1, K, H)
+        k_all = jax.lax.dynamic_update_slice(k_all, jnp.swapaxes(k, 1, 2)[None].astype(k_all.dtype),
+                                             (idx, 0, 0, write_at, 0))
+        v_all = jax.lax.dynamic_update_slice(v_all, jnp.swapaxes(v, 1, 2)[None].astype(v_all.dtype),
+                                             (idx, 0, 0, write_at, 0))
         k_l = jax.lax.dynamic_index_in_dim(k_all, idx, keepdims=False)
         v_l = jax.lax.dynamic_index_in_dim(v_all, idx, keepdims=False)
-        attn = attention(q, k_l, v_l, mask)
+        attn = decode_attention(q, k_l, v_l, valid)
         x = x + jnp.einsum("BTNH,NHD->BTD", attn, lw["wo"])
         x = x + decoder.mlp(lw, x, cfg)
         return (x, k_all, v_all, idx + 1), None
 
-    (x, k, v, _), _ = jax.lax.scan(step, (x_b1d, cache.k, cache.v, jnp.int32(0)), layers)
+    if isinstance(layers, (list, tuple)):  # per-layer weights (see `split_layers`): unrolled
+        carry = (x_b1d, cache.k, cache.v, 0)
+        for lw in layers:
+            carry, _ = step(carry, lw)
+        x, k, v, _ = carry
+    else:
+        (x, k, v, _), _ = jax.lax.scan(step, (x_b1d, cache.k, cache.v, jnp.int32(0)), layers)
     return x, SegmentCache(k=k, v=v, valid=valid)
 
 
@@ -82,8 +116,7 @@ def decode(text_w: dict, cfg: TextConfig, plan: Plan, caches, first_logits_bv, s
     all_logits = (jnp.zeros((b, max_new, v), jnp.float32).at[:, 0].set(first_logits_bv) if output_logits
                   else jnp.zeros((), jnp.float32))
     done = jnp.isin(first, eos_arr)
-    # Slice each segment's weights once, outside the loop (loop invariants, not per-step copies).
-    seg_layers = [decoder.slice_layers(text_w["layers"], a, z) for a, z in plan.bounds]
+    seg_layers = [split_layers(decoder.slice_layers(text_w["layers"], a, z)) for a, z in plan.bounds]
 
     def cond(carry):
         step, done = carry[0], carry[2]

@@ -161,7 +161,9 @@ def apply_stage(stage, state: TokenState, ctx: StageContext, new_length: int):
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class SegmentCache:
-    """KV cache of one segment: k, v (L_seg, B, T_i + max_new, K, H) and the slots' validity (B, T_i + max_new)."""
+    """KV cache of one segment: k, v (L_seg, B, K, T_i + max_new, H) and the slots' validity (B, T_i + max_new).
+
+    Heads-major (K before S) so that decode's single-query contractions need no transposes of the cache."""
 
     k: jax.Array
     v: jax.Array
@@ -213,9 +215,11 @@ def prefill(text_w: dict, cfg: TextConfig, state: TokenState, plan: Plan, embeds
         if plan.max_new and kv is None:  # a stage before layer 0 leaves an empty first segment
             caches.append(None)
         elif plan.max_new:
-            pad = ((0, 0), (0, 0), (0, plan.max_new), (0, 0), (0, 0))
+            # Cache layout (L, B, K, S, H): the decode contractions read it without per-step transposes.
+            pad = ((0, 0), (0, 0), (0, 0), (0, plan.max_new), (0, 0))
             valid = jnp.pad(state.valid, ((0, 0), (0, plan.max_new)))
-            caches.append(SegmentCache(k=jnp.pad(kv[0], pad), v=jnp.pad(kv[1], pad), valid=valid))
+            k, v = (jnp.pad(jnp.swapaxes(a, 2, 3), pad) for a in kv)
+            caches.append(SegmentCache(k=k, v=v, valid=valid))
         if stage is None:
             continue
         if stage.score_layer is not None and stage.score_layer == stage.layer:  # PyramidDrop-style recompute
