@@ -60,7 +60,10 @@ def test_debiasing_changes_selection_toward_early_tokens():
     raw = _sel(prune.fastv(keep=6)[0], lay, q, k)
     deb = _sel(prune.debiased(prune.fastv(keep=6), trend=STEEP, padding=False)[0], lay, q, k)
     span = np.asarray(lay.state.span_index)
-    mean_span = lambda sel: np.mean([span[i, s] for i in range(2) for s in np.asarray(sel.slots[i]) if s >= 0])  # noqa: E731
+
+    def mean_span(sel):
+        return np.mean([span[i, s] for i in range(2) for s in np.asarray(sel.slots[i]) if s >= 0])
+
     assert mean_span(deb) < mean_span(raw)
 
 

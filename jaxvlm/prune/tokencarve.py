@@ -66,7 +66,8 @@ def carve(x: jax.Array, av: jax.Array, cand: jax.Array, keep: int, av_weight: fl
     merge = (jnp.arange(bb.shape[1])[None, :] < n_merge_row) & (b_sorted >= 0)
     onehot = jax.nn.one_hot(t_sorted, n_a, dtype=jnp.float32) * merge[:, :, None]  # (B, nb, n_a)
     xm = common.gather_rows(x, b_sorted).astype(jnp.float32)
-    new_a = (xa.astype(jnp.float32) + jnp.einsum("BMA,BMD->BAD", onehot, xm)) / (1.0 + jnp.sum(onehot, axis=1))[..., None]
+    summed = xa.astype(jnp.float32) + jnp.einsum("BMA,BMD->BAD", onehot, xm)
+    new_a = summed / (1.0 + jnp.sum(onehot, axis=1))[..., None]
     x_new = scatter_rows(x, a, new_a)
     rest_b = jnp.where(merge, -1, b_sorted)
     slots = common.sort_slots(jnp.concatenate([a, rest_b], axis=1))[:, :keep]
