@@ -378,3 +378,23 @@ def test_sparsevlm_raters_survive_earlier_pruning():
         a = {int(s) for s, f, w in zip(src0[i], full[i], np.asarray(ctx0.row_weight)[i]) if f and w}
         b = {int(s) for s, f, w in zip(src1[i], red[i], np.asarray(ctx1.row_weight)[i]) if f and w}
         assert a == b and a
+
+
+def test_pure_functions_under_vmap_and_jit():
+    import jax
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(13)
+    logits = jnp.asarray(rng.standard_normal((3, 2, 4, 1, 10)), jnp.float32)  # (G, B, N, R, T)
+    w = jnp.ones((3, 2, 1))
+    cand = jnp.ones((3, 2, 10), bool)
+    v = jax.vmap(prune.fastv_scores)(logits, w, cand)
+    np.testing.assert_allclose(v[1], prune.fastv_scores(logits[1], w[1], cand[1]), rtol=1e-6)
+    x = jnp.asarray(rng.standard_normal((3, 2, 12, 5)), jnp.float32)
+    ok = jnp.ones((3, 2, 12), bool)
+    c, m, _ = jax.jit(jax.vmap(lambda a, b: prune.density_peak_merge(a, b, 3)))(x, ok)
+    c1, m1, _ = prune.density_peak_merge(x[2], ok[2], 3)
+    np.testing.assert_array_equal(c[2], c1)
+    np.testing.assert_allclose(m[2], m1, rtol=1e-5, atol=1e-6)
+    s = jax.jit(jax.vmap(lambda sc, cd: prune.top_k_slots(sc, cd, 4)))(v, cand)
+    assert s.shape == (3, 2, 4)
