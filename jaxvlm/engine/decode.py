@@ -116,6 +116,8 @@ def decode(text_w: dict, cfg: TextConfig, plan: Plan, caches, first_logits_bv, s
     all_logits = (jnp.zeros((b, max_new, v), jnp.float32).at[:, 0].set(first_logits_bv) if output_logits
                   else jnp.zeros((), jnp.float32))
     done = jnp.isin(first, eos_arr)
+    if max_new == 1:  # nothing to decode: no loop (and no per-layer weight slices)
+        return out, (all_logits if output_logits else None)
     seg_layers = [split_layers(decoder.slice_layers(text_w["layers"], a, z)) for a, z in plan.bounds]
 
     def cond(carry):
