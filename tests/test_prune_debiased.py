@@ -127,15 +127,25 @@ def test_later_stage_uses_original_span_positions():
         assert slots_set(sel.slots[i]) == sorted(vis[topk_desc(s, 5)].tolist())
 
 
-def test_release_shift_reads_the_trend_one_position_earlier():
-    lay, q, k, attn = _setup(3, pad_frac=0.0)
-    st = prune.debiased(prune.fastv(keep=7), trend=STEEP, padding=False, release_shift=True)[0]
+@pytest.mark.parametrize("budget", ["lower", "fill"])
+def test_release_shift_reproduces_the_release_window(budget):
+    """The release's FastV: window [36, 36+576) while the image starts at 35: window position j is the token one
+    slot after image token j, scored with w[j] and mask[j]; image token 0 always kept; the first text token
+    after the image competes for a budget slot."""
+    lay, q, k, attn = _setup(3, pad_frac=0.3)
+    st = prune.debiased(prune.fastv(keep=7), trend=STEEP, release_shift=True, budget=budget)[0]
+    assert st.keep == 8
     sel = _sel(st, lay, q, k)
     for i, r in enumerate(lay.rows):
         vis = r["vis"]
-        pos = np.maximum(np.arange(len(vis)) - 1, 0).astype(np.float64)
-        s = attn[i, r["last"], vis] * STEEP.weights(pos)
-        assert slots_set(sel.slots[i]) == sorted(vis[topk_desc(s, 7)].tolist())
+        s0, n = int(vis[0]), len(vis)
+        window = np.arange(s0 + 1, s0 + n + 1)
+        pad = lay.pad[i][vis]
+        s = attn[i, r["last"], window] * STEEP.weights(np.arange(n, dtype=np.float64)) * (~pad)
+        cand = np.arange(n)[~pad] if budget == "lower" else np.arange(n)
+        top = window[cand[topk_desc(s[cand], min(7, len(cand)))]]
+        expect = sorted({s0} | {int(j) for j in top if j < s0 + n})
+        assert slots_set(np.where(np.isin(sel.slots[i], vis), sel.slots[i], -1)) == expect
 
 
 def test_padding_only_for_attention_free_methods():

@@ -15,9 +15,14 @@ For attention-free methods (DART, DivPrune, VisionZip) the score is not debiased
 patches from their candidates.
 
 Which stages: "first" (the release: only the first attention-based selection over the full grid) or "all"
-(opt-in extension: every attention-based stage). `release_shift=True` evaluates the trend one raster position
-earlier (span_index - 1), as the release's FastV / TokenCarve do with their hard-coded image offset of 36 (their
-window also always keeps image token 0 and lets the first text token compete; that part is not reproduced).
+(opt-in extension: every attention-based stage).
+
+`release_shift=True` reproduces the release's FastV / TokenCarve window, hard-coded at offset 36 while the
+image starts at 35 (METHOD.md section 4): the method sees every image run moved one slot later, i.e. image
+token 0 leaves the window (and is always kept, as the release keeps everything before the window) and the
+first token after the image joins it as window position N-1; window position j is scored with trend w[j] and
+padding flag of patch j, exactly the release's `s * mask[j] * w[j]`. A selected text token costs a budget slot
+(kept anyway as text), as in the release. `keep` grows by one (token 0). One image per row.
 
 The engine builds `StageContext.pad` from the wrapped stage's `pad_threshold` and `pad_variant` ("release":
 `debias.pad_mask`; "sparsevlm": the bilinear pixel-mask variant; "unpad": FastV's integer unpadding).
@@ -82,7 +87,7 @@ class Debiased:
 
     @property
     def keep(self) -> int:
-        return self.inner.keep
+        return self.inner.keep + (1 if self.release_shift else 0)
 
     @property
     def renumber(self) -> bool:
@@ -101,6 +106,8 @@ class Debiased:
         return self.inner.query_rows(state)
 
     def score(self, ctx: StageContext) -> jax.Array:
+        if self.release_shift:
+            ctx = release_window(ctx)
         scores = self.inner.score(ctx)
         if not getattr(self.inner, "attention_based", True):
             return scores
@@ -109,20 +116,47 @@ class Debiased:
             if isinstance(self.trend, debias.Trend2D):
                 scores = debias.detrend(scores, (st.row, st.col), self.trend)
             else:
-                pos = st.span_index
-                if self.release_shift:
-                    pos = jnp.where(pos >= 0, jnp.maximum(pos - 1, 0), pos)
-                scores = debias.detrend(scores, pos, self.trend)
+                scores = debias.detrend(scores, st.span_index, self.trend)
         if self.padding:
             scores = debias.suppress_padding(scores, ~ctx.pad)
         return scores
 
     def select(self, ctx: StageContext, scores: jax.Array):
+        real = ctx.state
+        if self.release_shift:
+            ctx = release_window(ctx)
         lower = self.budget_mode == "lower" or not getattr(self.inner, "attention_based", True)
         if self.padding and lower:
             st = ctx.state
             ctx = ctx.replace(state=st.replace(valid=st.valid & ~(ctx.pad & st.visual)))
-        return self.inner.select(ctx, scores)
+        sel = self.inner.select(ctx, scores)
+        if not self.release_shift:
+            return sel
+        # image token 0 lies before the release's window: always kept
+        t = real.valid.shape[1]
+        cand = real.valid & real.visual
+        first = jnp.argmax(cand, axis=1).astype(jnp.int32)
+        first = jnp.where(jnp.any(cand, axis=1), first, -1)[:, None]
+        slots = jnp.concatenate([sel.slots.astype(jnp.int32), first], axis=1)
+        x = None
+        if sel.x is not None:
+            x0 = jnp.take_along_axis(real.x, jnp.clip(first, 0, t - 1)[:, :, None], axis=1)
+            x = jnp.concatenate([sel.x, x0.astype(sel.x.dtype)], axis=1)
+        return sel.replace(slots=slots, x=x)
+
+
+def release_window(ctx: StageContext) -> StageContext:
+    """The release's off-by-one window: per-token visual metadata (and padding flags) shifted one slot later."""
+    st = ctx.state
+
+    def shift(a, fill):
+        return jnp.concatenate([jnp.full(a.shape[:1] + (1,), fill, a.dtype), a[:, :-1]], axis=1)
+
+    visual = shift(st.visual, False) & st.valid
+    idx = {name: jnp.where(visual, shift(getattr(st, name), -1), -1) for name in ("span_index", "row", "col", "media",
+                                                                                  "frame")}
+    state = st.replace(visual=visual, **idx)
+    return ctx.replace(state=state, pad=shift(ctx.pad, False) & visual)
 
 
 def _as_schedule(method_or_schedule) -> tuple:
