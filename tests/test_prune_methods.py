@@ -398,3 +398,21 @@ def test_pure_functions_under_vmap_and_jit():
     np.testing.assert_allclose(m[2], m1, rtol=1e-5, atol=1e-6)
     s = jax.jit(jax.vmap(lambda sc, cd: prune.top_k_slots(sc, cd, 4)))(v, cand)
     assert s.shape == (3, 2, 4)
+
+
+def test_text_only_row_keeps_nothing_and_stays_finite():
+    rng = np.random.default_rng(14)
+    lay = layout(rng, 2, 36, 20, n_vis_per_row=[20, 0])
+    q, k = random_qk(rng, 2, 2, 36, 4)
+    emb = rng.standard_normal((2, 36, 16)).astype(np.float32)
+    keys = rng.standard_normal((2, 36, 2, 4)).astype(np.float32)
+    stages = [prune.fastv(keep=4)[0], prune.himap(text_keep=6, image_keep=3)[0],
+              prune.sparsevlm(budgets=(6,), layers=(2,), n_visual=20)[0], prune.tokencarve(keep=4)[0],
+              prune.illava(layers=(3,), keep_ratio=0.5, n_visual=20)[0], prune.dart(keep=8)[0],
+              prune.divprune(keep=4)[0]]
+    for st in stages:
+        sel, _ = _run(st, lay, q, k, embeds=emb, keys=keys)
+        assert (np.asarray(sel.slots[1]) == -1).all(), st
+        assert (np.asarray(sel.slots[0]) >= 0).sum() == st.keep, st
+        if sel.x is not None:
+            assert np.isfinite(np.asarray(sel.x)).all(), st
