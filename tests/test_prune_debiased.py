@@ -213,3 +213,15 @@ def test_property_tokencarve_padding_attention_branch(seed):
     sel = _sel(stage, lay, q, k)
     for i in range(2):
         assert not any(lay.pad[i][s] for s in np.asarray(sel.slots[i]) if s >= 0)
+
+
+def test_trend2d_uses_row_and_col():
+    lay, q, k, attn = _setup(5, pad_frac=0.0)
+    t2 = debias.Trend2D(debias.Trend("exponential", (1.0, 0.5, 0.0)), debias.Trend("exponential", (1.0, -0.2, 0.0)))
+    st = prune.debiased(prune.fastv(keep=6), trend=t2, padding=False)[0]
+    sel = _sel(st, lay, q, k)
+    row, col = np.asarray(lay.state.row), np.asarray(lay.state.col)
+    for i, r in enumerate(lay.rows):
+        vis = r["vis"]
+        s = attn[i, r["last"], vis] * t2.weights(row[i][vis].astype(np.float64), col[i][vis].astype(np.float64))
+        assert slots_set(sel.slots[i]) == sorted(vis[topk_desc(s, 6)].tolist())
