@@ -118,9 +118,10 @@ class JaxRunner:
 
         plan, _, state = api._embedded_plan(cfg, emb, schedule, max_new)
         eos, pad = api._eos_pad(None, None)
+        per_layer = api.per_layer_weights(weights)
         self.call = lambda: api._generate_embedded(weights, state, jax.random.key(0), api._sampling(0.0, 1.0),
                                                    cfg=cfg, plan=plan, eos=eos, pad_id=pad, mesh=None,
-                                                   output_logits=False)[0].block_until_ready()
+                                                   output_logits=False, layer_list=per_layer)[0].block_until_ready()
 
 
 def timed(fn) -> float:

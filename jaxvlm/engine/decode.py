@@ -100,7 +100,7 @@ def decode_segment(layers: dict, cache: SegmentCache, x_b1d, cos, sin, write_at,
 
 
 def decode(text_w: dict, cfg: TextConfig, plan: Plan, caches, first_logits_bv, start_pos_b, num_pos_axes: int,
-           key, sampling: Sampling, eos, pad_id, max_new: int, output_logits: bool = False):
+           key, sampling: Sampling, eos, pad_id, max_new: int, output_logits: bool = False, layer_list=None):
     """Tokens (B, max_new) int32: the first from `first_logits_bv`, then max_new - 1 cached steps; per-row EOS,
     `pad_id` after it. The loop stops early once every row is done. `eos` (E,) int32 and `pad_id` are traced
     (no recompiles per id); use -1 for "no EOS".
@@ -118,7 +118,10 @@ def decode(text_w: dict, cfg: TextConfig, plan: Plan, caches, first_logits_bv, s
     done = jnp.isin(first, eos_arr)
     if max_new == 1:  # nothing to decode: no loop (and no per-layer weight slices)
         return out, (all_logits if output_logits else None)
-    seg_layers = [split_layers(decoder.slice_layers(text_w["layers"], a, z)) for a, z in plan.bounds]
+    if layer_list is not None:
+        seg_layers = [list(layer_list[a:z]) for a, z in plan.bounds]
+    else:
+        seg_layers = [split_layers(decoder.slice_layers(text_w["layers"], a, z)) for a, z in plan.bounds]
 
     def cond(carry):
         step, done = carry[0], carry[2]

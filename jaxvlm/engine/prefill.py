@@ -87,7 +87,10 @@ def make_plan(cfg: TextConfig, schedule, bucket: int, visual_counts, max_new: in
 # ------------------------------------------------------------------------------------------- scoring
 
 
-def _layer_weights(layers: dict, index: int) -> dict:
+def _layer_weights(layers, index: int) -> dict:
+    """Weights of layer `index` from stacked weights (dict of (L, ...) arrays) or a per-layer list."""
+    if isinstance(layers, (list, tuple)):
+        return layers[index]
     return jax.tree.map(lambda w: w[index], layers)
 
 
@@ -171,9 +174,18 @@ class SegmentCache:
 
 
 def _run(layers, start, stop, x, cos, sin, mask, cfg):
-    """Layers [start, stop) over x; returns (x, (k, v) (L, B, T, K, H) or None when empty)."""
+    """Layers [start, stop) over x; returns (x, (k, v) (L, B, T, K, H) or None when empty).
+
+    `layers`: stacked weights (scanned) or a per-layer list (unrolled; see api.per_layer_weights)."""
     if stop <= start:
         return x, None
+    if isinstance(layers, (list, tuple)):
+        ks, vs = [], []
+        for lw in layers[start:stop]:
+            x, (k, v) = decoder.layer(lw, x, cos, sin, mask, cfg)
+            ks.append(k)
+            vs.append(v)
+        return x, (jnp.stack(ks), jnp.stack(vs))
     return decoder.run_layers(decoder.slice_layers(layers, start, stop), x, cos, sin, mask, cfg)
 
 
@@ -186,14 +198,16 @@ def _cat(parts):
     return tuple(jnp.concatenate([p[j] for p in parts], axis=0) for j in range(2))
 
 
-def prefill(text_w: dict, cfg: TextConfig, state: TokenState, plan: Plan, embeds=None, pad_fn=None):
+def prefill(text_w: dict, cfg: TextConfig, state: TokenState, plan: Plan, embeds=None, pad_fn=None,
+            layer_list=None):
     """Run all segments and stages. Returns (final TokenState, caches, kept).
 
     caches: one SegmentCache per segment of `plan.bounds` (None for an empty segment; no caches at all when
     plan.max_new == 0); kept: one (B, keep) int32 array of input indices per stage.
     pad_fn(stage, state) -> (B, T) bool builds `StageContext.pad` (padding patches; None: all False).
+    layer_list: optional per-layer weights (a list of dicts) used instead of slicing the stacked ones.
     """
-    layers = text_w["layers"]
+    layers = text_w["layers"] if layer_list is None else layer_list
     caches, kept = [], []
     for i, (start, stop) in enumerate(plan.bounds):
         stage = plan.stages[i] if i < len(plan.stages) else None
