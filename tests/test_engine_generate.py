@@ -301,3 +301,15 @@ def test_debiased_stage_gets_padding_flags_from_image_sizes(models, inputs):
         got = kept[r][kept[r] >= 0]
         assert masks[r][np.searchsorted(span, got)].all()
         assert len(got) == min(200, int(masks[r].sum()))  # FastV's budget rule "lower" under suppression
+
+
+def test_stacked_weights_path_agrees(models, inputs, monkeypatch):
+    """The scanned stacked-weights path (GPU/TPU, big models) == the per-layer path used on CPU."""
+    _, params, _ = models
+    sched = (FastV(layer=2, keep=64),)
+    a = jaxvlm.generate(params, **inputs, prune=sched, max_new_tokens=8, output_logits=True)
+    monkeypatch.setattr(api, "PER_LAYER_MAX_BYTES", 0)
+    assert api.per_layer_weights(params.weights["text"]) is None
+    b = jaxvlm.generate(params, **inputs, prune=sched, max_new_tokens=8, output_logits=True)
+    np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
+    np.testing.assert_allclose(np.asarray(a.logits), np.asarray(b.logits), atol=ATOL, rtol=0)

@@ -45,20 +45,6 @@ def sample(logits_bv: jax.Array, key: jax.Array, sampling: Sampling) -> jax.Arra
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
-def split_layers(layers: dict):
-    """On CPU, the per-layer weights as a list sliced once, before the decode loop.
-
-    Inside a loop, XLA:CPU copies each layer's slice of the stacked weights before every matmul (a dynamic- or
-    static-slice feeding a dot is materialised), which doubles decode's memory traffic. Slicing once outside the
-    loop costs one copy of the layer weights per call instead of one per token. Elsewhere (GPU/TPU) the stacked
-    weights are scanned (no extra memory for the copy).
-    """
-    if jax.default_backend() != "cpu":
-        return layers
-    n = jax.tree.leaves(layers)[0].shape[0]
-    return [jax.tree.map(lambda w, i=i: w[i], layers) for i in range(n)]
-
-
 def decode_attention(q_b1nh, k_bksh, v_bksh, mask_bs):
     """Attention of one new query per row over a heads-major cache: (B, 1, N, H) -> (B, 1, N, H)."""
     b, _, n, h = q_b1nh.shape
@@ -89,7 +75,7 @@ def decode_segment(layers: dict, cache: SegmentCache, x_b1d, cos, sin, write_at,
         x = x + decoder.mlp(lw, x, cfg)
         return (x, k_all, v_all, idx + 1), None
 
-    if isinstance(layers, (list, tuple)):  # per-layer weights (see `split_layers`): unrolled
+    if isinstance(layers, (list, tuple)):  # per-layer weights (api.per_layer_weights): unrolled
         carry = (x_b1d, cache.k, cache.v, 0)
         for lw in layers:
             carry, _ = step(carry, lw)
@@ -118,10 +104,12 @@ def decode(text_w: dict, cfg: TextConfig, plan: Plan, caches, first_logits_bv, s
     done = jnp.isin(first, eos_arr)
     if max_new == 1:  # nothing to decode: no loop (and no per-layer weight slices)
         return out, (all_logits if output_logits else None)
+    # Per-layer weight buffers (CPU, see api.per_layer_weights): unrolled layers, no per-step weight copies.
+    # Otherwise the stacked weights are scanned (GPU/TPU, or models too big for a second copy on CPU).
     if layer_list is not None:
         seg_layers = [list(layer_list[a:z]) for a, z in plan.bounds]
     else:
-        seg_layers = [split_layers(decoder.slice_layers(text_w["layers"], a, z)) for a, z in plan.bounds]
+        seg_layers = [decoder.slice_layers(text_w["layers"], a, z) for a, z in plan.bounds]
 
     def cond(carry):
         step, done = carry[0], carry[2]
