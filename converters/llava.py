@@ -13,6 +13,7 @@ Key layouts (prefixes of the three parts; the rest of each key is the module pat
 from __future__ import annotations
 
 from converters.core import Rule, Table
+from converters.decoder import LINEAR, prefixed_rule, text_rules, tied_head_ignore
 from jaxvlm.models.llava import LlavaConfig
 
 LAYOUTS = ("hub", "save_pretrained", "memory", "memory_hubvision")
@@ -25,35 +26,20 @@ PREFIX = {
 }
 # Non-persistent buffers some exports still carry.
 IGNORE = (r"rotary_emb\.inv_freq$", r"embeddings\.position_ids$")
-T = (1, 0)  # HF Linear [out, in] -> [in, out]
+T = LINEAR
 
 
 def _rule(path: str, part: str, name: str, hf_shape, perm=None) -> Rule:
-    return Rule(path=path, keys=tuple(p + name for p in PREFIX[part]), hf_shape=tuple(hf_shape), perm=perm)
+    return prefixed_rule(path, PREFIX[part], name, hf_shape, perm)
 
 
 def table(cfg: LlavaConfig) -> Table:
     tc, vc = cfg.text, cfg.vision
-    D, F, V, N, K, H = tc.hidden_size, tc.intermediate_size, tc.vocab_size, tc.num_heads, tc.num_kv_heads, tc.head_dim
+    D = tc.hidden_size
     Dv, Fv, Nv, Hv, p, C = vc.hidden_size, vc.intermediate_size, vc.num_heads, vc.head_dim, vc.patch_size, vc.num_channels
     Dp = Dv * len(cfg.feature_layers)
-    lt, lv = "layers.{i}.", "encoder.layers.{i}."
-    rules = [
-        _rule("text/embed", "text", "embed_tokens.weight", (V, D)),
-        _rule("text/norm", "text", "norm.weight", (D,)),
-        _rule("text/lm_head", "lm_head", "weight", (V, D), T),
-        _rule("text/layers/attn_norm", "text", lt + "input_layernorm.weight", (D,)),
-        _rule("text/layers/wq", "text", lt + "self_attn.q_proj.weight", (N * H, D), T),
-        _rule("text/layers/wk", "text", lt + "self_attn.k_proj.weight", (K * H, D), T),
-        _rule("text/layers/wv", "text", lt + "self_attn.v_proj.weight", (K * H, D), T),
-        _rule("text/layers/bq", "text", lt + "self_attn.q_proj.bias", (N * H,)),
-        _rule("text/layers/bk", "text", lt + "self_attn.k_proj.bias", (K * H,)),
-        _rule("text/layers/bv", "text", lt + "self_attn.v_proj.bias", (K * H,)),
-        _rule("text/layers/wo", "text", lt + "self_attn.o_proj.weight", (D, N * H), T),
-        _rule("text/layers/mlp_norm", "text", lt + "post_attention_layernorm.weight", (D,)),
-        _rule("text/layers/w_gate", "text", lt + "mlp.gate_proj.weight", (F, D), T),
-        _rule("text/layers/w_up", "text", lt + "mlp.up_proj.weight", (F, D), T),
-        _rule("text/layers/w_down", "text", lt + "mlp.down_proj.weight", (D, F), T),
+    lv = "encoder.layers.{i}."
+    rules = text_rules(tc, PREFIX["text"], PREFIX["lm_head"]) + [
         _rule("projector/w1", "projector", "linear_1.weight", (D, Dp), T),
         _rule("projector/b1", "projector", "linear_1.bias", (D,)),
         _rule("projector/w2", "projector", "linear_2.weight", (D, D), T),
@@ -79,7 +65,4 @@ def table(cfg: LlavaConfig) -> Table:
     for x in "qkv":
         rules.append(_rule(f"vision/layers/w{x}", "vision", lv + f"self_attn.{x}_proj.weight", (Nv * Hv, Dv), T))
         rules.append(_rule(f"vision/layers/b{x}", "vision", lv + f"self_attn.{x}_proj.bias", (Nv * Hv,)))
-    ignore = IGNORE
-    if tc.tie_word_embeddings:  # a tied head may or may not be written; it is the embedding either way
-        ignore = ignore + (r"(^|\.)lm_head\.weight$",)
-    return Table(layouts=LAYOUTS, rules=tuple(rules), ignore=ignore)
+    return Table(layouts=LAYOUTS, rules=tuple(rules), ignore=IGNORE + tied_head_ignore(tc))

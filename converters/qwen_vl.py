@@ -12,6 +12,7 @@ The merger (`visual.merger.*`) becomes the "projector" part of the jax weights.
 from __future__ import annotations
 
 from converters.core import Rule, Table
+from converters.decoder import LINEAR, prefixed_rule, text_rules, tied_head_ignore
 from jaxvlm.models.qwen_vl import QwenVLConfig
 
 LAYOUTS = ("hub", "memory")
@@ -21,35 +22,20 @@ PREFIX = {
     "vision": ("visual.", "model.visual."),
 }
 IGNORE = (r"rotary_emb\.inv_freq$", r"rotary_pos_emb\.inv_freq$")
-T = (1, 0)  # HF Linear [out, in] -> [in, out]
+T = LINEAR
 
 
 def _rule(path: str, part: str, name: str, hf_shape, perm=None) -> Rule:
-    return Rule(path=path, keys=tuple(p + name for p in PREFIX[part]), hf_shape=tuple(hf_shape), perm=perm)
+    return prefixed_rule(path, PREFIX[part], name, hf_shape, perm)
 
 
 def table(cfg: QwenVLConfig) -> Table:
     tc, vc = cfg.text, cfg.vision
-    D, F, V, N, K, H = tc.hidden_size, tc.intermediate_size, tc.vocab_size, tc.num_heads, tc.num_kv_heads, tc.head_dim
     Dv, Fv, Nv, Hv = vc.hidden_size, vc.intermediate_size, vc.num_heads, vc.head_dim
     C, tp, p, out = vc.in_channels, vc.temporal_patch_size, vc.patch_size, vc.out_hidden_size
     MD = vc.merge_unit * Dv
-    lt, lv = "layers.{i}.", "blocks.{i}."
-    rules = [
-        _rule("text/embed", "text", "embed_tokens.weight", (V, D)),
-        _rule("text/norm", "text", "norm.weight", (D,)),
-        _rule("text/layers/attn_norm", "text", lt + "input_layernorm.weight", (D,)),
-        _rule("text/layers/wq", "text", lt + "self_attn.q_proj.weight", (N * H, D), T),
-        _rule("text/layers/wk", "text", lt + "self_attn.k_proj.weight", (K * H, D), T),
-        _rule("text/layers/wv", "text", lt + "self_attn.v_proj.weight", (K * H, D), T),
-        _rule("text/layers/bq", "text", lt + "self_attn.q_proj.bias", (N * H,)),
-        _rule("text/layers/bk", "text", lt + "self_attn.k_proj.bias", (K * H,)),
-        _rule("text/layers/bv", "text", lt + "self_attn.v_proj.bias", (K * H,)),
-        _rule("text/layers/wo", "text", lt + "self_attn.o_proj.weight", (D, N * H), T),
-        _rule("text/layers/mlp_norm", "text", lt + "post_attention_layernorm.weight", (D,)),
-        _rule("text/layers/w_gate", "text", lt + "mlp.gate_proj.weight", (F, D), T),
-        _rule("text/layers/w_up", "text", lt + "mlp.up_proj.weight", (F, D), T),
-        _rule("text/layers/w_down", "text", lt + "mlp.down_proj.weight", (D, F), T),
+    lv = "blocks.{i}."
+    rules = text_rules(tc, PREFIX["text"], PREFIX["lm_head"]) + [
         # Conv3d (D, C, tp, p, p) over rows that are (C, tp, p, p) flattened: a (C*tp*p*p, D) matmul.
         _rule("vision/patch_embed", "vision", "patch_embed.proj.weight", (Dv, C, tp, p, p), (1, 2, 3, 4, 0)),
         _rule("vision/layers/attn_norm", "vision", lv + "norm1.weight", (Dv,)),
@@ -79,9 +65,4 @@ def table(cfg: QwenVLConfig) -> Table:
             _rule("vision/layers/fc2_b", "vision", lv + "mlp.fc2.bias", (Dv,)),
             _rule("projector/norm_bias", "vision", "merger.ln_q.bias", (Dv,)),
         ]
-    ignore = IGNORE
-    if tc.tie_word_embeddings:  # a tied head may or may not be written; it is the embedding either way
-        ignore = ignore + (r"(^|\.)lm_head\.weight$",)
-    else:
-        rules.append(_rule("text/lm_head", "lm_head", "weight", (V, D), T))
-    return Table(layouts=LAYOUTS, rules=tuple(rules), ignore=ignore)
+    return Table(layouts=LAYOUTS, rules=tuple(rules), ignore=IGNORE + tied_head_ignore(tc))
