@@ -45,44 +45,59 @@ def sample(logits_bv: jax.Array, key: jax.Array, sampling: Sampling) -> jax.Arra
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
-def decode_attention(q_b1nh, k_bksh, v_bksh, mask_bs):
-    """Attention of one new query per row over a heads-major cache: (B, 1, N, H) -> (B, 1, N, H)."""
+def decode_attention(q_b1nh, k_bksh, v_bksh, valid_bs, tk_bkmh, tv_bkmh, step):
+    """Attention of one new query per row over the prompt cache (slots in `valid_bs`) and the decode tail
+    (slots 0..step, the new token's own key/value already written at `step`).
+
+    q (B, 1, N, H); prompt k, v (B, K, S, H) and tail k, v (B, K, M, H), heads-major. Returns (B, 1, N, H).
+    """
     b, _, n, h = q_b1nh.shape
-    kh = k_bksh.shape[1]
+    kh, m = k_bksh.shape[1], tk_bkmh.shape[2]
     q = q_b1nh.reshape(b, kh, n // kh, h)
-    logits = jnp.einsum("BKGH,BKSH->BKGS", q, k_bksh) * (1.0 / math.sqrt(h))
-    logits = jnp.where(mask_bs[:, None, None, :], logits.astype(jnp.float32), MASK_VALUE)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v_bksh.dtype)
-    return jnp.einsum("BKGS,BKSH->BKGH", probs, v_bksh).reshape(b, 1, n, h)
+    scale = 1.0 / math.sqrt(h)
+    lp = jnp.einsum("BKGH,BKSH->BKGS", q, k_bksh).astype(jnp.float32) * scale
+    lt = jnp.einsum("BKGH,BKMH->BKGM", q, tk_bkmh).astype(jnp.float32) * scale
+    lp = jnp.where(valid_bs[:, None, None, :], lp, MASK_VALUE)
+    lt = jnp.where((jnp.arange(m) <= step)[None, None, None, :], lt, MASK_VALUE)
+    probs = jax.nn.softmax(jnp.concatenate([lp, lt], axis=-1), axis=-1)
+    pp, pt = probs[..., : lp.shape[-1]], probs[..., lp.shape[-1]:]
+    out = jnp.einsum("BKGS,BKSH->BKGH", pp.astype(v_bksh.dtype), v_bksh)
+    out = out + jnp.einsum("BKGM,BKMH->BKGH", pt.astype(tv_bkmh.dtype), tv_bkmh)
+    return out.reshape(b, 1, n, h).astype(q_b1nh.dtype)
 
 
-def decode_segment(layers: dict, cache: SegmentCache, x_b1d, cos, sin, write_at, cfg: TextConfig):
-    """One token through a segment's layers, updating its cache in place (scan carry). Returns (x, cache)."""
-    b = x_b1d.shape[0]
-    valid = jax.lax.dynamic_update_slice(cache.valid, jnp.ones((b, 1), bool), (0, write_at))
+def decode_layer(lw, x_b1d, cos, sin, pk, pv, valid, tk, tv, step, cfg: TextConfig):
+    """One layer for one new token: returns (x, tail_k, tail_v) with the token's k, v written at `step`."""
+    q, k, v = decoder.project_qkv(lw, x_b1d, cos, sin, cfg)  # k, v (B, 1, K, H)
+    tk = jax.lax.dynamic_update_slice(tk, jnp.swapaxes(k, 1, 2).astype(tk.dtype), (0, 0, step, 0))
+    tv = jax.lax.dynamic_update_slice(tv, jnp.swapaxes(v, 1, 2).astype(tv.dtype), (0, 0, step, 0))
+    attn = decode_attention(q, pk, pv, valid, tk, tv, step)
+    x = x_b1d + jnp.einsum("BTNH,NHD->BTD", attn, lw["wo"])
+    return x + decoder.mlp(lw, x, cfg), tk, tv
 
-    def step(carry, lw):
-        x, k_all, v_all, idx = carry
-        q, k, v = decoder.project_qkv(lw, x, cos, sin, cfg)  # k, v (B, 1, K, H)
-        k_all = jax.lax.dynamic_update_slice(k_all, jnp.swapaxes(k, 1, 2)[None].astype(k_all.dtype),
-                                             (idx, 0, 0, write_at, 0))
-        v_all = jax.lax.dynamic_update_slice(v_all, jnp.swapaxes(v, 1, 2)[None].astype(v_all.dtype),
-                                             (idx, 0, 0, write_at, 0))
-        k_l = jax.lax.dynamic_index_in_dim(k_all, idx, keepdims=False)
-        v_l = jax.lax.dynamic_index_in_dim(v_all, idx, keepdims=False)
-        attn = decode_attention(q, k_l, v_l, valid)
-        x = x + jnp.einsum("BTNH,NHD->BTD", attn, lw["wo"])
-        x = x + decoder.mlp(lw, x, cfg)
-        return (x, k_all, v_all, idx + 1), None
 
-    if isinstance(layers, (list, tuple)):  # per-layer weights (api.per_layer_weights): unrolled
-        carry = (x_b1d, cache.k, cache.v, 0)
-        for lw in layers:
-            carry, _ = step(carry, lw)
-        x, k, v, _ = carry
-    else:
-        (x, k, v, _), _ = jax.lax.scan(step, (x_b1d, cache.k, cache.v, jnp.int32(0)), layers)
-    return x, SegmentCache(k=k, v=v, valid=valid)
+def decode_segment(layers, cache: SegmentCache, tails, x_b1d, cos, sin, step, cfg: TextConfig):
+    """One token through a segment's layers. `tails` = (tail_k, tail_v) of the segment (the loop carry; the
+    prompt part of `cache` is read-only). Returns (x, new tails).
+
+    `layers`: stacked weights (scanned) or a per-layer list (unrolled; CPU, see api.per_layer_weights)."""
+    tk_all, tv_all = tails
+    if isinstance(layers, (list, tuple)):
+        new_k, new_v = [], []
+        x = x_b1d
+        for lw, pk, pv, tk, tv in zip(layers, cache.k, cache.v, tk_all, tv_all):
+            x, tk, tv = decode_layer(lw, x, cos, sin, pk, pv, cache.valid, tk, tv, step, cfg)
+            new_k.append(tk)
+            new_v.append(tv)
+        return x, (tuple(new_k), tuple(new_v))
+
+    def body(x, per_layer):
+        lw, pk, pv, tk, tv = per_layer
+        x, tk, tv = decode_layer(lw, x, cos, sin, pk, pv, cache.valid, tk, tv, step, cfg)
+        return x, (tk, tv)
+
+    x, (tk_all, tv_all) = jax.lax.scan(body, x_b1d, (layers, cache.k, cache.v, tk_all, tv_all))
+    return x, (tk_all, tv_all)
 
 
 def decode(text_w: dict, cfg: TextConfig, plan: Plan, caches, first_logits_bv, start_pos_b, num_pos_axes: int,
@@ -116,25 +131,26 @@ def decode(text_w: dict, cfg: TextConfig, plan: Plan, caches, first_logits_bv, s
         return (step < max_new - 1) & ~jnp.all(done)
 
     def body(carry):
-        step, token, done, out, caches, all_logits = carry
+        step, token, done, out, tails, all_logits = carry
         x = jnp.take(text_w["embed"], token, axis=0)[:, None, :]
         pos = jnp.broadcast_to((start_pos_b + step)[None, :, None], (num_pos_axes, b, 1))
         cos, sin = decoder.rotary(pos, cfg)
-        new_caches = []
-        for seg_w, length, cache in zip(seg_layers, plan.lengths, caches):
+        new_tails = []
+        for seg_w, cache, tail in zip(seg_layers, caches, tails):
             if cache is None:
-                new_caches.append(None)
+                new_tails.append(None)
                 continue
-            x, cache = decode_segment(seg_w, cache, x, cos, sin, length + step, cfg)
-            new_caches.append(cache)
+            x, tail = decode_segment(seg_w, cache, tail, x, cos, sin, step, cfg)
+            new_tails.append(tail)
         logits = decoder.final_logits(text_w, x, cfg)[:, 0]
         nxt = sample(logits, jax.random.fold_in(key, step + 1), sampling)
         nxt = jnp.where(done, pad_id, nxt)
         out = jax.lax.dynamic_update_slice(out, nxt[:, None], (0, step + 1))
         if output_logits:
             all_logits = jax.lax.dynamic_update_slice(all_logits, logits[:, None], (0, step + 1, 0))
-        return step + 1, nxt, done | jnp.isin(nxt, eos_arr), out, tuple(new_caches), all_logits
+        return step + 1, nxt, done | jnp.isin(nxt, eos_arr), out, tuple(new_tails), all_logits
 
-    carry = (jnp.int32(0), first, done, out, tuple(caches), all_logits)
+    tails = tuple(None if c is None else (c.tail_k, c.tail_v) for c in caches)
+    carry = (jnp.int32(0), first, done, out, tails, all_logits)
     _, _, _, out, _, all_logits = jax.lax.while_loop(cond, body, carry)
     return out, (all_logits if output_logits else None)

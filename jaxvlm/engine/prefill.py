@@ -14,6 +14,7 @@ room than survivors carry padding slots (valid False).
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -164,19 +165,27 @@ def apply_stage(stage, state: TokenState, ctx: StageContext, new_length: int):
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class SegmentCache:
-    """KV cache of one segment: k, v (L_seg, B, K, T_i + max_new, H) and the slots' validity (B, T_i + max_new).
+    """KV cache of one segment for decode.
 
-    Heads-major (K before S) so that decode's single-query contractions need no transposes of the cache."""
+    k, v: the prompt's keys/values, heads-major (L_seg, B, K, T_i, H) (stacked weights path) or a tuple of
+    L_seg arrays (B, K, T_i, H) (per-layer CPU path); `valid` (B, T_i) marks the real prompt slots.
+    tail_k, tail_v: the generated tokens' keys/values, same layout with max_new slots instead of T_i; slot s holds
+    decode step s. The prompt part is never written during decode (loop-invariant: no per-step copies); only
+    the small tail is updated in place.
+    """
 
-    k: jax.Array
-    v: jax.Array
+    k: Any
+    v: Any
     valid: jax.Array
+    tail_k: Any
+    tail_v: Any
 
 
 def _run(layers, start, stop, x, cos, sin, mask, cfg):
-    """Layers [start, stop) over x; returns (x, (k, v) (L, B, T, K, H) or None when empty).
+    """Layers [start, stop) over x; returns (x, (k, v)) or (x, None) when empty.
 
-    `layers`: stacked weights (scanned) or a per-layer list (unrolled; see api.per_layer_weights)."""
+    `layers`: stacked weights (scanned; k, v stacked (L, B, T, K, H)) or a per-layer list (unrolled, see
+    api.per_layer_weights; k, v lists of (B, T, K, H))."""
     if stop <= start:
         return x, None
     if isinstance(layers, (list, tuple)):
@@ -185,7 +194,7 @@ def _run(layers, start, stop, x, cos, sin, mask, cfg):
             x, (k, v) = decoder.layer(lw, x, cos, sin, mask, cfg)
             ks.append(k)
             vs.append(v)
-        return x, (jnp.stack(ks), jnp.stack(vs))
+        return x, (ks, vs)
     return decoder.run_layers(decoder.slice_layers(layers, start, stop), x, cos, sin, mask, cfg)
 
 
@@ -193,9 +202,23 @@ def _cat(parts):
     parts = [p for p in parts if p is not None]
     if not parts:
         return None
+    if isinstance(parts[0][0], list):
+        return tuple(sum((p[j] for p in parts), []) for j in range(2))
     if len(parts) == 1:
         return parts[0]
     return tuple(jnp.concatenate([p[j] for p in parts], axis=0) for j in range(2))
+
+
+def _segment_cache(kv, valid, max_new: int) -> SegmentCache:
+    """Heads-major prompt cache plus an empty tail of max_new slots."""
+    ks, vs = kv
+    if isinstance(ks, list):
+        k, v = tuple(jnp.swapaxes(a, 1, 2) for a in ks), tuple(jnp.swapaxes(a, 1, 2) for a in vs)
+        tail = tuple(jnp.zeros(a.shape[:2] + (max_new,) + a.shape[3:], a.dtype) for a in k)
+        return SegmentCache(k=k, v=v, valid=valid, tail_k=tail, tail_v=tuple(jnp.zeros_like(t) for t in tail))
+    k, v = jnp.swapaxes(ks, 2, 3), jnp.swapaxes(vs, 2, 3)
+    tail = jnp.zeros(k.shape[:3] + (max_new,) + k.shape[4:], k.dtype)
+    return SegmentCache(k=k, v=v, valid=valid, tail_k=tail, tail_v=jnp.zeros_like(tail))
 
 
 def prefill(text_w: dict, cfg: TextConfig, state: TokenState, plan: Plan, embeds=None, pad_fn=None,
@@ -229,11 +252,7 @@ def prefill(text_w: dict, cfg: TextConfig, state: TokenState, plan: Plan, embeds
         if plan.max_new and kv is None:  # a stage before layer 0 leaves an empty first segment
             caches.append(None)
         elif plan.max_new:
-            # Cache layout (L, B, K, S, H): the decode contractions read it without per-step transposes.
-            pad = ((0, 0), (0, 0), (0, 0), (0, plan.max_new), (0, 0))
-            valid = jnp.pad(state.valid, ((0, 0), (0, plan.max_new)))
-            k, v = (jnp.pad(jnp.swapaxes(a, 2, 3), pad) for a in kv)
-            caches.append(SegmentCache(k=k, v=v, valid=valid))
+            caches.append(_segment_cache(kv, state.valid, plan.max_new))
         if stage is None:
             continue
         if stage.score_layer is not None and stage.score_layer == stage.layer:  # PyramidDrop-style recompute
