@@ -37,16 +37,21 @@ def hf_positions(mask):
 
 
 def masked_hf_logits(model, monkeypatch, ids, mask, pixels, drop, from_layer):
-    """transformers' logits with the keys `drop` (B, S) bool masked out in every layer >= from_layer."""
+    """transformers' logits with the keys `drop` (B, S) bool masked out in every layer >= from_layer.
+
+    Several stages: `drop` and `from_layer` may be lists (the latest stage whose layer is <= the layer wins)."""
+    drops = drop if isinstance(drop, list) else [drop]
+    froms = from_layer if isinstance(from_layer, list) else [from_layer]
     import torch
     from transformers.models.llama import modeling_llama
 
     original = modeling_llama.eager_attention_forward
-    drop_t = torch.as_tensor(drop)
+    drop_ts = [torch.as_tensor(d) for d in drops]
 
     def patched(module, query, key, value, attention_mask, *args, **kwargs):
-        if getattr(module, "layer_idx", -1) >= from_layer and attention_mask is not None:
-            d = drop_t[:, None, None, : attention_mask.shape[-1]]
+        active = [d for d, f in zip(drop_ts, froms) if getattr(module, "layer_idx", -1) >= f]
+        if active and attention_mask is not None:
+            d = active[-1][:, None, None, : attention_mask.shape[-1]]
             if attention_mask.dtype == torch.bool:
                 attention_mask = attention_mask & ~d
             else:
@@ -313,3 +318,41 @@ def test_stacked_weights_path_agrees(models, inputs, monkeypatch):
     b = jaxvlm.generate(params, **inputs, prune=sched, max_new_tokens=8, output_logits=True)
     np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
     np.testing.assert_allclose(np.asarray(a.logits), np.asarray(b.logits), atol=ATOL, rtol=0)
+
+
+def test_two_stage_schedule_matches_transformers_with_masked_layers(models, inputs, monkeypatch):
+    """Two FastV-style stages (layers 1 and 3): each segment's cache holds its own survivors; prefill logits and
+    cached decode logits equal transformers with stage 1's drops masked from layer 1 and stage 2's from 3."""
+    model, params, _ = models
+    ids, mask, pixels = inputs["input_ids"], inputs["attention_mask"], inputs["pixel_values"]
+    sched = (FastV(layer=1, keep=200), FastV(layer=3, keep=40))
+    n = 8
+    gen = jaxvlm.generate(params, **inputs, prune=sched, max_new_tokens=n, output_logits=True)
+    k1, k2 = (np.asarray(k) for k in gen.kept)
+    for r in range(3):
+        assert set(k2[r]) <= set(k1[r])
+    drops = []
+    for kept in (k1, k2):
+        d = ids == IMAGE_TOKEN
+        np.put_along_axis(d, kept, False, axis=1)
+        drops.append(d)
+    toks = np.asarray(gen.tokens)
+    full_ids = np.concatenate([ids, toks[:, : n - 1]], axis=1)
+    full_mask = np.concatenate([mask, np.ones((3, n - 1), mask.dtype)], axis=1)
+    pad = np.zeros((3, n - 1), bool)
+    ref = masked_hf_logits(model, monkeypatch, full_ids, full_mask, pixels,
+                           [np.concatenate([d, pad], axis=1) for d in drops], [1, 3])
+    t = ids.shape[1]
+    np.testing.assert_allclose(np.asarray(gen.logits), ref[:, t - 1: t - 1 + n], atol=ATOL, rtol=0)
+    out = jaxvlm.forward(params, **inputs, prune=sched)
+    src, got = np.asarray(out.src), np.asarray(out.logits)
+    for r in range(3):
+        np.testing.assert_allclose(got[r][src[r] >= 0], ref[r, src[r][src[r] >= 0]], atol=ATOL, rtol=0)
+
+
+def test_stage_before_layer_zero(models, inputs):
+    """A stage at layer 0 scored with layer 0's own q/k (empty first segment, no cache for it)."""
+    _, params, _ = models
+    out = jaxvlm.generate(params, **inputs, prune=(RecomputeTopK(layer=0, keep=100, renumber=False),),
+                          max_new_tokens=8, output_logits=True)
+    assert np.isfinite(np.asarray(out.logits)).all() and (np.asarray(out.kept[0]) >= 0).all()
