@@ -147,40 +147,57 @@ def matmul_gflops(reps: int = 5) -> tuple[float, float]:
     return flops / tj / 1e9, flops / tt / 1e9
 
 
-def layer_breakdown(weights, cfg, n: int, reps: int = 5) -> dict:
-    """Where one prefill layer's time goes (jaxvlm, n tokens): attention block vs MLP block vs whole layer."""
+def layer_breakdown(weights, cfg, n: int, reps: int = 7) -> dict:
+    """Where one prefill layer's time goes at n tokens (jaxvlm vs torch for the attention core), and the
+    weight-streaming floor of a decode step. Minimum of `reps` runs (the least disturbed by other load)."""
     import jax
     import jax.numpy as jnp
+    import torch
 
     from jaxvlm.layers import attention, causal_mask
     from jaxvlm.models import decoder
 
     lw = jax.tree.map(lambda w: w[0], weights["layers"])
-    x = jnp.asarray(np.random.default_rng(1).standard_normal((1, n, HIDDEN), np.float32))
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.standard_normal((1, n, HIDDEN), np.float32))
     pos = jnp.arange(n, dtype=jnp.int32)[None, None]
-    valid = jnp.ones((1, n), bool)
+    mask = causal_mask(jnp.ones((1, n), bool))
+    h = HIDDEN // HEADS
+    q, k, v = (jnp.asarray(rng.standard_normal((1, n, HEADS, h), np.float32)) for _ in range(3))
 
     @jax.jit
-    def attn_block(x):
+    def projections(x):  # norm, q/k/v, RoPE, output projection: everything of the attention block but the core
         cos, sin = decoder.rotary(pos, cfg)
         q, k, v = decoder.project_qkv(lw, x, cos, sin, cfg)
-        return x + jnp.einsum("BTNH,NHD->BTD", attention(q, k, v, causal_mask(valid), causal=True), lw["wo"])
+        return x + jnp.einsum("BTNH,NHD->BTD", q + k + v, lw["wo"])
 
-    @jax.jit
-    def mlp_block(x):
-        return x + decoder.mlp(lw, x, cfg)
+    core = jax.jit(lambda q, k, v: attention(q, k, v, mask, causal=True))
+    mlp = jax.jit(lambda x: x + decoder.mlp(lw, x, cfg))
+    head = jax.jit(lambda x: x[:, -1:] @ weights["lm_head"])  # one decode-step vocabulary matvec
+    tq, tk, tv = (torch.as_tensor(np.array(a)).transpose(1, 2).contiguous() for a in (q, k, v))
 
-    @jax.jit
-    def whole(x):
-        cos, sin = decoder.rotary(pos, cfg)
-        return decoder.layer(lw, x, cos, sin, causal_mask(valid), cfg)[0]
+    def best(f):
+        f()
+        return min(timed(f) for _ in range(reps))
 
-    out = {}
-    for name, f, flops in (("attention block", attn_block, 4 * n * HIDDEN ** 2 + 2 * n * n * HIDDEN),
-                           ("mlp block", mlp_block, 3 * n * HIDDEN * FFN), ("layer", whole, layer_flops(n))):
-        f(x).block_until_ready()
-        t = statistics.median(timed(lambda: f(x).block_until_ready()) for _ in range(reps))
-        out[name] = {"ms": 1e3 * t, "gflops_per_s": 2 * flops / t / 1e9 if name != "layer" else 2 * flops / t / 1e9}
+    t = {
+        "qkv/o projections + norm + rope": best(lambda: projections(x).block_until_ready()),
+        "attention core (jaxvlm)": best(lambda: core(q, k, v).block_until_ready()),
+        "attention core (torch sdpa, causal)": best(
+            lambda: torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, is_causal=True)),
+        "mlp": best(lambda: mlp(x).block_until_ready()),
+        "lm_head matvec (decode)": best(lambda: head(x).block_until_ready()),
+    }
+    flops = {"qkv/o projections + norm + rope": 2 * 4 * n * HIDDEN ** 2,
+             "attention core (jaxvlm)": 2 * n * n * HIDDEN, "attention core (torch sdpa, causal)": 2 * n * n * HIDDEN,
+             "mlp": 2 * 3 * n * HIDDEN * FFN}
+    out = {k: {"ms": 1e3 * v} for k, v in t.items()}
+    for k, f in flops.items():
+        out[k]["gflops_per_s"] = f / t[k] / 1e9  # causal attention: counted as the full n^2 product (PRUNING.md)
+    gbps = HIDDEN * VOCAB * 4 / t["lm_head matvec (decode)"] / 1e9
+    step_bytes = sum(a.nbytes for a in jax.tree.leaves(weights)) - weights["embed"].nbytes
+    out["decode floor"] = {"weight_mb_per_token": step_bytes / 1e6, "stream_gb_per_s": gbps,
+                           "ms_per_token": 1e3 * step_bytes / (gbps * 1e9)}
     return out
 
 
@@ -271,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         td = (med["genN"] - med["gen1"]) / (args.new - 1)
         jd = results["variants"]["unpruned"]["decode_ms_per_token"] / 1e3
         results["transformers"] = {"prefill_ms": 1e3 * tp, "decode_ms_per_token": 1e3 * td,
-                                   "generate1_ms": 1e3 * med["gen1"], "prefill_samples_ms": [1e3 * t for t in times["prefill"]]}
+                                   "generate1_ms": 1e3 * med["gen1"],
+                                   "prefill_samples_ms": [1e3 * t for t in times["prefill"]]}
         results["jax_vs_torch"] = {"prefill_ratio": base_t / tp, "decode_speedup": td / jd}
         print(f"\nunpruned, same weights, same run: prefill jaxvlm {1e3 * base_t:.1f} ms vs transformers "
               f"{1e3 * tp:.1f} ms (ratio {base_t / tp:.2f}; transformers generate(max_new_tokens=1) "
@@ -279,11 +297,18 @@ def main(argv: list[str] | None = None) -> int:
               f"{1e3 * td:.2f} ms/token ({td / jd:.1f}x)")
 
     gj, gt = matmul_gflops()
-    bd = layer_breakdown(weights, cfg, -(-args.tokens // 64) * 64)
+    n_bucket = -(-args.tokens // 64) * 64
+    bd = layer_breakdown(weights, cfg, n_bucket)
     results["machine"] = {"matmul_gflops_xla": gj, "matmul_gflops_torch": gt, "layer_breakdown": bd}
-    print(f"\nwhere the time goes: 2048^3 matmul XLA {gj:.0f} GFLOP/s, torch {gt:.0f} GFLOP/s; one layer at "
-          f"n={-(-args.tokens // 64) * 64}: " + ", ".join(f"{k} {v['ms']:.1f} ms ({v['gflops_per_s']:.0f} GFLOP/s)"
-                                                          for k, v in bd.items()))
+    print(f"\nwhere the time goes (min of 7): 2048^3 matmul XLA {gj:.0f} GFLOP/s, torch {gt:.0f} GFLOP/s; "
+          f"one prefill layer at n={n_bucket}:")
+    for k, v in bd.items():
+        if k == "decode floor":
+            print(f"  decode floor: {v['weight_mb_per_token']:.0f} MB of weights streamed per token at "
+                  f"{v['stream_gb_per_s']:.0f} GB/s (lm_head matvec) = {v['ms_per_token']:.1f} ms/token")
+        else:
+            rate = f" ({v['gflops_per_s']:.0f} GFLOP/s)" if "gflops_per_s" in v else ""
+            print(f"  {k:<38}{v['ms']:7.2f} ms{rate}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
