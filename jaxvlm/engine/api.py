@@ -81,11 +81,6 @@ def bucket_length(t: int, bucket: int = BUCKET) -> int:
 # ------------------------------------------------------------------------------------------- device
 
 
-def _last_slot(valid_bt: jax.Array) -> jax.Array:
-    t = valid_bt.shape[1]
-    return jnp.max(jnp.where(valid_bt, jnp.arange(t, dtype=jnp.int32), 0), axis=1)
-
-
 def pad_flags_fn(config, image_sizes):
     """`pad_fn` for prefill: a stage with `pad_threshold` (set by prune.debiased) gets StageContext.pad = the
     visual tokens lying on pad-to-square padding patches of their image (debias.make_pad_mask with the stage's
@@ -112,10 +107,9 @@ def _generate_core(text_w, cfg: TextConfig, state: TokenState, key, sampling: Sa
     TRACE_COUNTS["generate"] += 1
     b = state.batch
     state = shard.shard_state(state, mesh)
-    state, caches, kept = prefill(text_w, cfg, state, plan, embeds=embeds, pad_fn=pad_fn, layer_list=layer_list)
-    last = _last_slot(state.valid)
-    x_last = jnp.take_along_axis(state.x, last[:, None, None], axis=1)  # gather before the vocab matmul
-    logits = decoder.final_logits(text_w, x_last, cfg)[:, 0]
+    state, caches, kept, x_last = prefill(text_w, cfg, state, plan, embeds=embeds, pad_fn=pad_fn,
+                                          layer_list=layer_list, last_only=True)
+    logits = decoder.final_logits(text_w, x_last, cfg)[:, 0]  # the vocab matmul for the last token only
     start_pos = jnp.max(jnp.where(state.valid[None], state.positions, -1), axis=(0, 2)) + 1
     tokens, step_logits = decode(text_w, cfg, plan, caches, logits, start_pos.astype(jnp.int32),
                                  state.positions.shape[0], key, sampling, eos, pad_id, plan.max_new, output_logits,
@@ -128,7 +122,7 @@ def _forward_core(text_w, cfg: TextConfig, state: TokenState, plan: Plan, mesh, 
     TRACE_COUNTS["forward"] += 1
     b = state.batch
     state = shard.shard_state(state, mesh)
-    state, _, kept = prefill(text_w, cfg, state, plan, embeds=embeds, pad_fn=pad_fn, layer_list=layer_list)
+    state, _, kept, _ = prefill(text_w, cfg, state, plan, embeds=embeds, pad_fn=pad_fn, layer_list=layer_list)
     logits = decoder.final_logits(text_w, state.x, cfg)
     return logits[:b], tuple(k[:b] for k in kept), state.src[:b]
 

@@ -1,7 +1,7 @@
 """Prefill in segments between pruning stages, with a KV cache per segment (DESIGN: "caches").
 
     plan = make_plan(cfg, schedule, bucket, visual_counts, max_new)      # host side, static
-    state, caches, kept = prefill(text_w, cfg, state0, plan)            # jittable
+    state, caches, kept, x_last = prefill(text_w, cfg, state0, plan)    # jittable
 
 Segment i runs decoder layers [plan.bounds[i]) over T_i = plan.lengths[i] slots. At stage i the engine scores
 the slots with the stage's query rows only (never a T x T matrix outside the fused attention), selects
@@ -45,6 +45,14 @@ def make_plan(cfg: TextConfig, schedule, bucket: int, visual_counts, max_new: in
 
     visual_counts: number of visual tokens of each row (numpy / list), used for the static lower bound and to
     refuse budgets larger than the candidates.
+
+    Count resolution: a stage with a `resolve(n_in, n_visual)` method (ratio-defined counts left open at
+    construction, see jaxvlm.prune.base) is replaced by `stage.resolve(n_in, n_visual)` before validation, with
+    n_visual = the batch's smallest visual count (exact, not floored: every row has at least that many) and
+    n_in = n_visual at the first stage, the previous stage's resolved `keep` after it. Ratios therefore resolve
+    against the batch's smallest visual count: rows with more visual tokens keep the same static number.
+    `Plan.stages` holds the resolved (concrete, hashable) stages, so a program is compiled per (bucket,
+    resolved schedule).
     """
     stages = tuple(schedule or ())
     counts = np.asarray(visual_counts, dtype=np.int64).reshape(-1)
@@ -54,8 +62,11 @@ def make_plan(cfg: TextConfig, schedule, bucket: int, visual_counts, max_new: in
     capacity = v_max
     bounds, lengths = [], [bucket]
     start, prev_layer = 0, 0
+    resolved, n_in = [], v_min
     for i, st in enumerate(stages):
         name = f"pruning stage {i} ({type(st).__name__})"
+        st = resolve_stage(st, n_in, v_min, name)
+        resolved.append(st)
         for attr in ("layer", "score_layer", "keep", "query_rows", "score", "select"):
             if not hasattr(st, attr):
                 raise ValueError(f"{name}: not a pruning Stage (missing {attr!r}; see jaxvlm.prune.base)")
@@ -71,6 +82,9 @@ def make_plan(cfg: TextConfig, schedule, bucket: int, visual_counts, max_new: in
         if score_layer is not None and not (prev_layer <= score_layer <= layer):
             raise ValueError(f"{name}: score_layer {score_layer} must lie in [{prev_layer}, {layer}] "
                              "(the segment before the stage)")
+        if keep is None:
+            raise ValueError(f"{name}: keep is unresolved (None) and the stage has no resolve(n_in, n_visual) "
+                             "method (see jaxvlm.prune.base)")
         if not isinstance(keep, (int, np.integer)) or keep < 0:
             raise ValueError(f"{name}: keep must be a non-negative int, got {keep!r}")
         if keep > capacity:
@@ -80,9 +94,26 @@ def make_plan(cfg: TextConfig, schedule, bucket: int, visual_counts, max_new: in
         bounds.append((start, layer))
         lengths.append(lengths[-1] - max(0, capacity_floor - keep))
         capacity, capacity_floor = keep, min(keep, capacity_floor)
+        n_in = min(int(keep), n_in)
         start = prev_layer = layer
     bounds.append((start, cfg.num_layers))
-    return Plan(stages=stages, bounds=tuple(bounds), lengths=tuple(lengths), max_new=int(max_new))
+    return Plan(stages=tuple(resolved), bounds=tuple(bounds), lengths=tuple(lengths), max_new=int(max_new))
+
+
+def resolve_stage(stage, n_in: int, n_visual: int, name: str = "pruning stage"):
+    """`stage.resolve(n_in, n_visual)` when the stage has that hook (host side), else the stage itself.
+
+    n_in: static visual tokens entering the stage (every row has at least that many); n_visual: the batch's
+    smallest ORIGINAL visual count (what PyramidDrop's ratios refer to). Errors name the stage."""
+    fn = getattr(stage, "resolve", None)
+    if fn is None:
+        return stage
+    try:
+        out = fn(int(n_in), int(n_visual))
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{name}: cannot resolve its token counts for {n_in} visual tokens entering it "
+                         f"({n_visual} in the input): {e}") from e
+    return stage if out is None else out
 
 
 # ------------------------------------------------------------------------------------------- scoring
@@ -198,6 +229,20 @@ def _run(layers, start, stop, x, cos, sin, mask, cfg):
     return decoder.run_layers(decoder.slice_layers(layers, start, stop), x, cos, sin, mask, cfg)
 
 
+def _run_at_rows(layers, index, x, cos, sin, mask, rows, cfg):
+    """Layer `index` with its output at `rows` (B,) only (decoder.layer_at_rows); k, v in `_run`'s format."""
+    x_rows, (k, v) = decoder.layer_at_rows(_layer_weights(layers, index), x, cos, sin, mask, rows, cfg)
+    if isinstance(layers, (list, tuple)):
+        return x_rows, ([k], [v])
+    return x_rows, (k[None], v[None])
+
+
+def last_valid_slot(valid_bt: jax.Array) -> jax.Array:
+    """(B,) int32 index of each row's last valid slot (0 for an empty row)."""
+    t = valid_bt.shape[1]
+    return jnp.max(jnp.where(valid_bt, jnp.arange(t, dtype=jnp.int32), 0), axis=1)
+
+
 def _cat(parts):
     parts = [p for p in parts if p is not None]
     if not parts:
@@ -222,8 +267,12 @@ def _segment_cache(kv, valid, max_new: int) -> SegmentCache:
 
 
 def prefill(text_w: dict, cfg: TextConfig, state: TokenState, plan: Plan, embeds=None, pad_fn=None,
-            layer_list=None):
-    """Run all segments and stages. Returns (final TokenState, caches, kept).
+            layer_list=None, last_only: bool = False):
+    """Run all segments and stages. Returns (final TokenState, caches, kept, x_last).
+
+    x_last: (B, 1, D) final hidden state at each row's last valid slot. With `last_only` (generation) the final
+    layer computes its output at that slot only (decoder.layer_at_rows), and the returned state's `x` is that
+    layer's input, not its output: use x_last.
 
     caches: one SegmentCache per segment of `plan.bounds` (None for an empty segment; no caches at all when
     plan.max_new == 0); kept: one (B, keep) int32 array of input indices per stage.
@@ -231,7 +280,7 @@ def prefill(text_w: dict, cfg: TextConfig, state: TokenState, plan: Plan, embeds
     layer_list: optional per-layer weights (a list of dicts) used instead of slicing the stacked ones.
     """
     layers = text_w["layers"] if layer_list is None else layer_list
-    caches, kept = [], []
+    caches, kept, x_last = [], [], None
     for i, (start, stop) in enumerate(plan.bounds):
         stage = plan.stages[i] if i < len(plan.stages) else None
         cos, sin = decoder.rotary(state.positions, cfg)
@@ -246,6 +295,10 @@ def prefill(text_w: dict, cfg: TextConfig, state: TokenState, plan: Plan, embeds
             logits = _row_logits(_layer_weights(layers, sl), x_in, keys, state, rows, cfg)
             x, kv_c = _run(layers, sl + 1, stop, x, cos, sin, mask, cfg)
             kv = _cat([kv_a, kv_b, kv_c])
+        elif last_only and i == len(plan.bounds) - 1 and stop > start:
+            x, kv_a = _run(layers, start, stop - 1, state.x, cos, sin, mask, cfg)
+            x_last, kv_b = _run_at_rows(layers, stop - 1, x, cos, sin, mask, last_valid_slot(state.valid), cfg)
+            kv = _cat([kv_a, kv_b])
         else:
             x, kv = _run(layers, start, stop, state.x, cos, sin, mask, cfg)
         state = state.replace(x=x)
@@ -268,4 +321,6 @@ def prefill(text_w: dict, cfg: TextConfig, state: TokenState, plan: Plan, embeds
         )
         state, k = apply_stage(stage, state, ctx, plan.lengths[i + 1])
         kept.append(k)
-    return state, tuple(caches), tuple(kept)
+    if x_last is None:
+        x_last = jnp.take_along_axis(state.x, last_valid_slot(state.valid)[:, None, None], axis=1)
+    return state, tuple(caches), tuple(kept), x_last

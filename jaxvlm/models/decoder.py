@@ -40,15 +40,25 @@ def rotary(positions_pbt: jax.Array, cfg: TextConfig) -> tuple[jax.Array, jax.Ar
     return rope_cos_sin(positions_pbt, cfg.rope, cfg.head_dim)
 
 
+def project_q(lw: dict, h_btd: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Queries (B, T, N, H) with RoPE from normed hidden states."""
+    q = jnp.einsum("BTD,DNH->BTNH", h_btd, lw["wq"])
+    return apply_rope(q + lw["bq"] if "bq" in lw else q, cos, sin)
+
+
+def project_kv(lw: dict, h_btd: jax.Array, cos: jax.Array, sin: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Keys with RoPE and values, (B, T, K, H) each, from normed hidden states."""
+    k = jnp.einsum("BTD,DKH->BTKH", h_btd, lw["wk"])
+    v = jnp.einsum("BTD,DKH->BTKH", h_btd, lw["wv"])
+    if "bk" in lw:
+        k, v = k + lw["bk"], v + lw["bv"]
+    return apply_rope(k, cos, sin), v
+
+
 def project_qkv(lw: dict, x_btd: jax.Array, cos: jax.Array, sin: jax.Array, cfg: TextConfig):
     """Input norm, q/k/v projections (+bias) and RoPE of one layer: q (B,T,N,H), k, v (B,T,K,H)."""
     h = rms_norm(x_btd, lw["attn_norm"], cfg.rms_norm_eps)
-    q = jnp.einsum("BTD,DNH->BTNH", h, lw["wq"])
-    k = jnp.einsum("BTD,DKH->BTKH", h, lw["wk"])
-    v = jnp.einsum("BTD,DKH->BTKH", h, lw["wv"])
-    if "bq" in lw:
-        q, k, v = q + lw["bq"], k + lw["bk"], v + lw["bv"]
-    return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+    return (project_q(lw, h, cos, sin), *project_kv(lw, h, cos, sin))
 
 
 def mlp(lw: dict, x_btd: jax.Array, cfg: TextConfig) -> jax.Array:
@@ -72,6 +82,23 @@ def layer(lw: dict, x_btd, cos, sin, mask_bts, cfg: TextConfig, cache=None, writ
     attn = attention(q, k, v, mask_bts, causal=cache is None)
     x_btd = x_btd + jnp.einsum("BTNH,NHD->BTD", attn, lw["wo"])
     return x_btd + mlp(lw, x_btd, cfg), (k, v)
+
+
+def layer_at_rows(lw: dict, x_btd, cos, sin, mask_bts, rows_b, cfg: TextConfig):
+    """One layer whose output is needed at one slot per row only (the last prompt token, in generation's final
+    layer): keys and values for every token (the cache), queries, attention and MLP for row `rows_b` (B,) only.
+    Returns (x (B, 1, D), (k, v) (B, T, K, H)). Saves ~80% of the layer's work at T=700.
+    """
+
+    def at_rows(a):  # (B, T, ...) -> (B, 1, ...)
+        return jnp.take_along_axis(a, rows_b.reshape((-1, 1) + (1,) * (a.ndim - 2)), axis=1)
+
+    h = rms_norm(x_btd, lw["attn_norm"], cfg.rms_norm_eps)
+    k, v = project_kv(lw, h, cos, sin)
+    q = project_q(lw, at_rows(h), at_rows(cos), at_rows(sin))
+    attn = attention(q, k, v, at_rows(mask_bts))
+    x = at_rows(x_btd) + jnp.einsum("BTNH,NHD->BTD", attn, lw["wo"])
+    return x + mlp(lw, x, cfg), (k, v)
 
 
 def slice_layers(layers: dict, start: int, stop: int) -> dict:
