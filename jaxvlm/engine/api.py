@@ -81,23 +81,47 @@ def bucket_length(t: int, bucket: int = BUCKET) -> int:
 # ------------------------------------------------------------------------------------------- device
 
 
-def pad_flags_fn(config, image_sizes):
-    """`pad_fn` for prefill: a stage with `pad_threshold` (set by prune.debiased) gets StageContext.pad = the
-    visual tokens lying on pad-to-square padding patches of their image (debias.make_pad_mask with the stage's
-    `pad_variant`, default "release"). None when the model has no padded square grid or image_sizes is absent
-    (then `pad` is all False)."""
+def host_pad_masks(config, image_sizes, stages):
+    """Pad-to-square patch masks, built on the HOST (numpy float64, `debias.make_pad_mask(..., exact=True)`:
+    bit-for-bit the release; in float32 inside jit 28 of 1e6 image sizes differ at threshold 0.01).
+
+    One (M, grid*grid) float32 {0,1} array per stage of `stages` that carries a `pad_threshold` (set by
+    prune.debiased; variant `stage.pad_variant`, default "release"), None for the others. None when the model
+    has no padded square grid or image_sizes is absent (then StageContext.pad is all False)."""
     vision = getattr(config, "vision", None)
     if image_sizes is None or not hasattr(vision, "grid") or not hasattr(vision, "image_size"):
         return None
+    if not any(getattr(st, "pad_threshold", None) is not None for st in stages):
+        return None
     from jaxvlm import debias
 
-    def fn(stage, state):
-        threshold = getattr(stage, "pad_threshold", None)
+    sizes = np.asarray(image_sizes)
+    masks = []
+    for st in stages:
+        threshold = getattr(st, "pad_threshold", None)
         if threshold is None:
+            masks.append(None)
+            continue
+        m = debias.make_pad_mask(sizes, variant=getattr(st, "pad_variant", "release"), threshold=float(threshold),
+                                 grid=vision.grid, image_size=vision.image_size, exact=True)
+        masks.append(np.asarray(m, np.float32))
+    return tuple(masks)
+
+
+def pad_flags_fn(stages, masks):
+    """`pad_fn` for prefill from `host_pad_masks` (traced inside the program): a stage with a mask gets
+    StageContext.pad = the visual tokens lying on padding patches of their image; None without masks."""
+    if masks is None:
+        return None
+    from jaxvlm import debias
+
+    table = {st: m for st, m in zip(stages, masks) if m is not None}
+
+    def fn(stage, state):
+        m = table.get(stage)
+        if m is None:
             return jnp.zeros_like(state.valid)
-        masks = debias.make_pad_mask(jnp.asarray(image_sizes), variant=getattr(stage, "pad_variant", "release"),
-                                     threshold=threshold, grid=vision.grid, image_size=vision.image_size)
-        return debias.token_pad_flags(state.media, state.row, state.col, masks) & state.valid
+        return debias.token_pad_flags(state.media, state.row, state.col, m) & state.valid
 
     return fn
 
@@ -131,14 +155,15 @@ _STATIC = ("plan", "mesh", "output_logits")
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
-def _generate_vlm(params, batch, key, sampling, plan, eos, pad_id, mesh, output_logits, layer_list=None):
+def _generate_vlm(params, batch, key, sampling, plan, eos, pad_id, mesh, output_logits, layer_list=None,
+                  pad_masks=None):
     from jaxvlm.model import family
 
     emb = family(params).embed(params, batch)
     state = pad_to(from_embedded(emb), plan.lengths[0])
     return _generate_core(params.weights["text"], params.config.text, state, key, sampling, plan, eos, pad_id,
-                          mesh, output_logits, embeds=emb.embeds,
-                          pad_fn=pad_flags_fn(params.config, batch.get("image_sizes")), layer_list=layer_list)
+                          mesh, output_logits, embeds=emb.embeds, pad_fn=pad_flags_fn(plan.stages, pad_masks),
+                          layer_list=layer_list)
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC + ("cfg",))
@@ -148,13 +173,13 @@ def _generate_embedded(text_w, state, key, sampling, cfg, plan, eos, pad_id, mes
 
 
 @functools.partial(jax.jit, static_argnames=("plan", "mesh"))
-def _forward_vlm(params, batch, plan, mesh, layer_list=None):
+def _forward_vlm(params, batch, plan, mesh, layer_list=None, pad_masks=None):
     from jaxvlm.model import family
 
     emb = family(params).embed(params, batch)
     state = pad_to(from_embedded(emb), plan.lengths[0])
     return _forward_core(params.weights["text"], params.config.text, state, plan, mesh, embeds=emb.embeds,
-                         pad_fn=pad_flags_fn(params.config, batch.get("image_sizes")), layer_list=layer_list)
+                         pad_fn=pad_flags_fn(plan.stages, pad_masks), layer_list=layer_list)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "plan", "mesh"))
@@ -230,7 +255,8 @@ def visual_counts(config, input_ids, attention_mask) -> np.ndarray:
 
 
 def _prepared(params, inputs: dict, prune, max_new: int):
-    """(batch, plan, T): bucketed inputs through the family's prepare, and the static plan."""
+    """(batch, plan, T, pad_masks): bucketed inputs through the family's prepare, the static plan (counts
+    resolved against the batch's smallest visual count, see make_plan) and the host-built padding masks."""
     from jaxvlm.model import family
 
     if "input_ids" not in inputs:
@@ -241,7 +267,7 @@ def _prepared(params, inputs: dict, prune, max_new: int):
     counts = visual_counts(params.config, inputs["input_ids"], mask)
     plan = make_plan(params.config.text, prune, bucket, counts, max_new)
     batch = family(params).prepare(params.config, **padded)
-    return batch, plan, t
+    return batch, plan, t, host_pad_masks(params.config, batch.get("image_sizes"), plan.stages)
 
 
 def generate(params, prune=None, max_new_tokens: int = 32, temperature: float = 0.0, top_p: float = 1.0,
@@ -256,19 +282,19 @@ def generate(params, prune=None, max_new_tokens: int = 32, temperature: float = 
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     eos, pad_id = _eos_pad(eos_token_id, pad_token_id)
-    batch, plan, _ = _prepared(params, inputs, prune, max_new_tokens)
+    batch, plan, _, pad_masks = _prepared(params, inputs, prune, max_new_tokens)
     tokens, kept, logits = _generate_vlm(params, batch, jax.random.key(seed), _sampling(temperature, top_p),
                                          plan=plan, eos=eos, pad_id=pad_id, mesh=mesh, output_logits=output_logits,
-                                         layer_list=per_layer_weights(params.weights["text"]))
+                                         layer_list=per_layer_weights(params.weights["text"]), pad_masks=pad_masks)
     return GenerateOutput(tokens=tokens, kept=kept, logits=logits)
 
 
 def forward(params, prune=None, mesh=None, **inputs) -> ForwardOutput:
     """Prefill logits (API.md). prune=None: (B, T, V) at every input position; with a schedule: (B, T_final, V)
     at the surviving slots (`out.src` maps each slot to its input index, -1 for padding) plus `out.kept`."""
-    batch, plan, t = _prepared(params, inputs, prune, 0)
+    batch, plan, t, pad_masks = _prepared(params, inputs, prune, 0)
     logits, kept, src = _forward_vlm(params, batch, plan=plan, mesh=mesh,
-                                     layer_list=per_layer_weights(params.weights["text"]))
+                                     layer_list=per_layer_weights(params.weights["text"]), pad_masks=pad_masks)
     if not plan.stages:
         return ForwardOutput(logits=logits[:, :t])
     return ForwardOutput(logits=logits, kept=kept, src=src)

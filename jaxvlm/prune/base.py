@@ -25,6 +25,16 @@ Engine rules a stage can rely on (jaxvlm/engine/prefill.py):
 - Optional attribute `renumber: bool` (default False): after the stage, positions of the survivors are
   renumbered contiguously per row (PyramidDrop's upstream default); otherwise original positions are kept.
 - Stages must be frozen dataclasses (hashable): the schedule is a static argument of the compiled program.
+- Optional method `resolve(n_in: int, n_visual: int) -> Stage` (host side, at plan time, before any check):
+  counts defined by ratios of the visual token count (PyramidDrop ratios, iLLaVA's r, SparseVLM's recycling
+  slots, FastV's drop_ratio) may be left open at construction (`n_visual=None`, `keep` None) and are fixed
+  here. `n_visual` is the batch's smallest visual count (exact, not floored to VISUAL_BUCKET: every row has at
+  least that many), `n_in` the visual tokens entering this stage (n_visual at the first stage, the previous
+  resolved stage's `keep` after it, capped by n_visual). It returns a copy with concrete counts (or the stage
+  itself when already concrete) that must compare equal to the stage built with an explicit count, so that
+  `pdrop(..., n_visual=576)` and `pdrop(...)` resolved at 576 share a compiled program. Stages without it are
+  used as they are; wrappers (prune.debiased) forward it. With rows of different visual counts, ratios resolve
+  against the smallest one (rows with more visual tokens keep the same static number).
 The helpers at the bottom (`last_token_rows`, `attention_scores`, `top_k_visual`) implement FastV's pieces;
 methods reuse them.
 """
@@ -67,7 +77,7 @@ class Selection:
 class Stage(Protocol):
     layer: int  # prune before this decoder layer (0-based)
     score_layer: int | None  # the layer whose attention logits `score` reads (None: no logits needed)
-    keep: int  # static number of visual tokens kept per row
+    keep: int  # static number of visual tokens kept per row (None until `resolve`d, for ratio-defined stages)
 
     def query_rows(self, state: TokenState) -> tuple[jax.Array, jax.Array]:
         """(rows (B, R) int32 slots, weights (B, R) float32); R static."""
@@ -77,6 +87,9 @@ class Stage(Protocol):
 
     def select(self, ctx: StageContext, scores: jax.Array) -> Selection:
         """Which visual slots to keep (default: top-`keep` scores among valid visual slots)."""
+
+    # Optional (host side, see the module docstring):
+    # def resolve(self, n_in: int, n_visual: int) -> Stage: a copy with concrete counts.
 
 
 # ------------------------------------------------------------------------ helpers shared by the methods

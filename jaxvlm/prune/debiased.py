@@ -86,8 +86,17 @@ class Debiased:
         return self.inner.score_layer
 
     @property
-    def keep(self) -> int:
-        return self.inner.keep + (1 if self.release_shift else 0)
+    def keep(self) -> int | None:
+        keep = self.inner.keep
+        return None if keep is None else keep + (1 if self.release_shift else 0)
+
+    def resolve(self, n_in: int, n_visual: int) -> "Debiased":
+        """Forward the engine's count resolution (jaxvlm.prune.base) to the inner stage, keeping the wrapper."""
+        fn = getattr(self.inner, "resolve", None)
+        if fn is None:
+            return self
+        inner = fn(n_in, n_visual)
+        return self if inner is self.inner else dataclasses.replace(self, inner=inner)
 
     @property
     def renumber(self) -> bool:
@@ -245,9 +254,10 @@ def debiased_himap(setting: str = "both", benchmark: str = "gqa", text_layer: in
 
 
 def debiased_pdrop(setting: str = "both", benchmark: str = "gqa", layers=(2, 10, 20), ratios=(0.32, 0.16, 0.08),
-                   pad_threshold: float = 0.01, trend=None, n_visual: int = common.LLAVA_VISUAL_TOKENS,
+                   pad_threshold: float = 0.01, trend=None, n_visual: int | None = None,
                    **kwargs) -> tuple:
-    """PyramidDrop [2,10,20] x .32/.16/.08 (184/92/46 of 576), padding threshold 0.01, first stage debiased."""
+    """PyramidDrop [2,10,20] x .32/.16/.08 (184/92/46 of 576), padding threshold 0.01, first stage debiased.
+    n_visual=None: keeps resolved at plan time from the batch's visual count (see prune.pdrop)."""
     from jaxvlm.prune.pdrop import pdrop
 
     trend = trend or debias.release_trend("pdrop", benchmark)
@@ -255,9 +265,10 @@ def debiased_pdrop(setting: str = "both", benchmark: str = "gqa", layers=(2, 10,
 
 
 def debiased_sparsevlm(setting: str = "both", benchmark: str = "gqa", budget: int = 128,
-                       pad_threshold: float = 0.5, trend=None, n_visual: int = common.LLAVA_VISUAL_TOKENS,
+                       pad_threshold: float = 0.5, trend=None, n_visual: int | None = None,
                        **kwargs) -> tuple:
-    """SparseVLM v1.5, budget 128 -> [303,110,36] at layers [2,6,15], bilinear pixel pad mask (>= 0.5 kept)."""
+    """SparseVLM v1.5, budget 128 -> [303,110,36] at layers [2,6,15], bilinear pixel pad mask (>= 0.5 kept).
+    n_visual=None: recycling counts resolved at plan time (see prune.sparsevlm)."""
     from jaxvlm.prune.sparsevlm import sparsevlm
 
     trend = trend or debias.release_trend("sparsevlm", benchmark)

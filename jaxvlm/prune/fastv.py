@@ -29,12 +29,24 @@ def fastv_scores(logits: jax.Array, row_weight: jax.Array, cand: jax.Array) -> j
 @dataclasses.dataclass(frozen=True)
 class FastV(common.TopKStage):
     layer: int = 2
-    keep: int = 128
+    keep: int | None = 128  # None: resolved from `drop_ratio` at plan time
+    drop_ratio: float | None = None  # only while keep is None
     budget_default = "lower"
 
     def __post_init__(self):
         common.check_layer("FastV layer", self.layer, low=1)
-        common.check_count("FastV keep", self.keep)
+        if self.keep is None:
+            _check_drop_ratio(self.drop_ratio)
+        else:
+            common.check_count("FastV keep", self.keep)
+            if self.drop_ratio is not None:
+                raise ValueError("give keep or drop_ratio, not both")
+
+    def resolve(self, n_in: int, n_visual: int) -> "FastV":
+        """Concrete keep = round(n_in * (1 - drop_ratio)) of the visual tokens entering the stage (>= 1)."""
+        if self.keep is not None:
+            return self
+        return dataclasses.replace(self, keep=_drop_keep(n_in, self.drop_ratio), drop_ratio=None)
 
     @property
     def score_layer(self) -> int:
@@ -47,16 +59,29 @@ class FastV(common.TopKStage):
         return fastv_scores(ctx.logits, ctx.row_weight, common.candidates(ctx.state))
 
 
+def _check_drop_ratio(drop_ratio) -> float:
+    if drop_ratio is None or isinstance(drop_ratio, bool) or not 0.0 <= float(drop_ratio) < 1.0:
+        raise ValueError(f"drop_ratio={drop_ratio!r} must be in [0, 1)")
+    return float(drop_ratio)
+
+
+def _drop_keep(n: int, drop_ratio: float) -> int:
+    return max(1, int(round(common.check_count("n_visual", n) * (1.0 - float(drop_ratio)))))
+
+
 def fastv(layer: int = 2, keep: int | None = None, drop_ratio: float | None = None,
-          n_visual: int = common.LLAVA_VISUAL_TOKENS) -> tuple[FastV]:
-    """FastV schedule (one stage). Give `keep` (tokens kept) or `drop_ratio` (fraction of `n_visual` dropped)."""
+          n_visual: int | None = None) -> tuple[FastV]:
+    """FastV schedule (one stage). Give `keep` (tokens kept) or `drop_ratio` (fraction of the visual tokens
+    dropped: keep = round(n (1 - drop_ratio)), at least 1). With drop_ratio and n_visual=None (default) n is the
+    batch's smallest visual count, resolved by the engine at plan time; an int n_visual fixes keep now."""
     if keep is not None and drop_ratio is not None:
         raise ValueError("give keep or drop_ratio, not both")
     if keep is None:
         if drop_ratio is None:
             keep = 128
         else:
-            if not 0.0 <= float(drop_ratio) < 1.0:
-                raise ValueError(f"drop_ratio={drop_ratio!r} must be in [0, 1)")
-            keep = int(round(common.check_count("n_visual", n_visual) * (1.0 - float(drop_ratio))))
+            drop_ratio = _check_drop_ratio(drop_ratio)
+            if n_visual is None:
+                return (FastV(layer=layer, keep=None, drop_ratio=drop_ratio),)
+            keep = _drop_keep(n_visual, drop_ratio)
     return (FastV(layer=layer, keep=keep),)

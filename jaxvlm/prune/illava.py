@@ -4,7 +4,10 @@ slot (and original position) of the highest-scored of them, and the other r are 
 
 Weights, as upstream's code (`size = torch.arange(1, r+2)` applied to the fold set in descending-score order):
 the highest of the fold set weighs 1, the next 2, ..., the lowest r+1 (the code's comment says "from r+1 to 1";
-we follow the code). r = round(n * (1 - keep_ratio)) for the n image tokens entering the stage.
+we follow the code). r = round(n * (1 - keep_ratio)) for the n image tokens entering the stage (at most n - 1).
+With `n_visual=None` (default) n is resolved by the engine at plan time (`ILLaVAStage.resolve`): the batch's
+smallest visual count at the first stage, the previous stage's keep after it; `n_visual=576` fixes the chain
+now (LLaVA-1.5: 576 -> r 173, keep 403 at .7).
 
     prune.illava()                                        # LLaVA-OneVision: layer 8, keep 70%
     prune.illava(layers=(6, 7, 8), keep_ratio=0.9)        # Qwen2-VL: 90% at each of layers 6, 7, 8
@@ -45,21 +48,35 @@ def fold_lowest(x: jax.Array, scores: jax.Array, cand: jax.Array, r: int, keep: 
 @dataclasses.dataclass(frozen=True)
 class ILLaVAStage(common.TopKStage):
     layer: int = 8
-    n_in: int = common.LLAVA_VISUAL_TOKENS
-    r: int = 173
+    n_in: int | None = common.LLAVA_VISUAL_TOKENS  # None (with r None): resolved from keep_ratio at plan time
+    r: int | None = 173
+    keep_ratio: float | None = None  # only while unresolved
 
     def __post_init__(self):
         common.check_layer("iLLaVA layer", self.layer, low=1)
+        if self.n_in is None or self.r is None:
+            if self.n_in is not None or self.r is not None or self.keep_ratio is None:
+                raise ValueError("iLLaVA stage: give n_in and r, or keep_ratio alone (resolved at plan time)")
+            common.check_ratio("keep_ratio", self.keep_ratio)
+            return
+        if self.keep_ratio is not None:
+            raise ValueError("iLLaVA stage: give n_in and r, or keep_ratio alone, not both")
         common.check_count("iLLaVA n_in", self.n_in)
         common.check_count("iLLaVA r", self.r, low=0, high=self.n_in - 1)
+
+    def resolve(self, n_in: int, n_visual: int) -> "ILLaVAStage":
+        """Concrete n_in (the visual tokens entering the stage) and r = min(round(n_in (1 - keep_ratio)), n_in - 1)."""
+        if self.keep_ratio is None:
+            return self
+        return ILLaVAStage(layer=self.layer, n_in=n_in, r=illava_r(n_in, self.keep_ratio))
 
     @property
     def score_layer(self) -> int:
         return self.layer - 1
 
     @property
-    def keep(self) -> int:
-        return self.n_in - self.r
+    def keep(self) -> int | None:
+        return None if self.n_in is None else self.n_in - self.r
 
     def query_rows(self, state):
         return common.last_token_rows(state)
@@ -75,16 +92,26 @@ class ILLaVAStage(common.TopKStage):
         return Selection(slots=slots, x=common.gather_rows(x, slots))
 
 
-def illava(layers=(8,), keep_ratio: float = 0.7, n_visual: int = common.LLAVA_VISUAL_TOKENS) -> tuple:
-    """iLLaVA LLM-stage schedule: at each layer keep `keep_ratio` of the image tokens entering it."""
+def illava_r(n: int, keep_ratio: float) -> int:
+    """Tokens dropped by a stage that n visual tokens enter: min(round(n (1 - keep_ratio)), n - 1)."""
+    n = common.check_count("n_visual", n)
+    return min(int(round(n * (1.0 - keep_ratio))), n - 1)
+
+
+def illava(layers=(8,), keep_ratio: float = 0.7, n_visual: int | None = None) -> tuple:
+    """iLLaVA LLM-stage schedule: at each layer keep `keep_ratio` of the image tokens entering it.
+
+    n_visual=None (default): counts resolved by the engine at plan time from the batch's smallest visual count;
+    an int fixes them now."""
     layers = tuple(layers)
     if not layers or any(b <= a for a, b in zip(layers, layers[1:])):
         raise ValueError(f"layers must be a non-empty strictly increasing tuple, got {layers}")
     keep_ratio = common.check_ratio("keep_ratio", keep_ratio)
+    if n_visual is None:
+        return tuple(ILLaVAStage(layer=l, n_in=None, r=None, keep_ratio=keep_ratio) for l in layers)
     stages, n = [], common.check_count("n_visual", n_visual)
     for l in layers:
-        r = int(round(n * (1.0 - keep_ratio)))
-        r = min(r, n - 1)
+        r = illava_r(n, keep_ratio)
         stages.append(ILLaVAStage(layer=l, n_in=n, r=r))
         n -= r
     return tuple(stages)

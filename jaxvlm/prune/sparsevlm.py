@@ -15,6 +15,13 @@ slot (and original position) of its cluster centre; upstream appends the merged 
 tokens and renumbers positions contiguously (`renumber=True` here too), so the only difference is the merged
 tokens' order inside the visual block.
 
+The per-layer budgets are ABSOLUTE token counts (upstream's tables for 576-token LLaVA-1.5 images), not ratios:
+only the recycling counts depend on the visual count. With `n_visual=None` (default) each stage's `n_in` is
+resolved by the engine at plan time (`SparseVLMStage.resolve`: the batch's smallest visual count at the first
+stage, the previous stage's keep after it), which reproduces 576 -> 303 + 9, 312 -> 110 + 7, 117 -> 36 + 3 on
+LLaVA. On inputs with fewer visual tokens than a budget (Qwen2-VL small images: 83 tokens) pass `budgets=`
+that fit; the engine raises a clear ValueError otherwise.
+
 v2.0 ("SparseVLM+", `version="2.0"`): attention probabilities are divided by a RoPE-only attention map (all-ones
 q and k at the same positions: 2/sqrt(H) * sum_f cos(theta_f * (p_q - p_k))), the `heads` (14) heads with the most
 corrected text->visual mass are kept, no recycling, original positions, v2 budget table.
@@ -210,7 +217,8 @@ def recycle(x: jax.Array, scores: jax.Array, cand: jax.Array, kept: jax.Array, n
 class SparseVLMStage(common.TopKStage):
     score_layer: int
     budget: int
-    n_in: int = common.LLAVA_VISUAL_TOKENS  # visual tokens entering this stage (static: recycling counts)
+    n_in: int | None = common.LLAVA_VISUAL_TOKENS  # visual tokens entering this stage (static: recycling
+    # counts); None: resolved at plan time (`resolve`)
     recycle: bool = True
     version: str = "1.5"
     max_rows: int = 128
@@ -221,8 +229,14 @@ class SparseVLMStage(common.TopKStage):
 
     def __post_init__(self):
         common.check_layer("SparseVLM layer", self.score_layer)
-        common.check_count("SparseVLM n_in", self.n_in)
-        common.check_count("SparseVLM budget", self.budget, high=self.n_in)
+        if self.n_in is None:
+            common.check_count("SparseVLM budget", self.budget)
+        else:
+            common.check_count("SparseVLM n_in", self.n_in)
+            if isinstance(self.budget, int) and not isinstance(self.budget, bool) and self.budget > self.n_in:
+                raise ValueError(f"SparseVLM budget {self.budget} at layer {self.score_layer} exceeds the "
+                                 f"{self.n_in} visual tokens entering it (pass smaller budgets=)")
+            common.check_count("SparseVLM budget", self.budget, high=self.n_in)
         common.check_count("SparseVLM max_rows", self.max_rows)
         if self.version not in ("1.5", "2.0"):
             raise ValueError(f"SparseVLM version={self.version!r}: expected '1.5' or '2.0'")
@@ -231,13 +245,22 @@ class SparseVLMStage(common.TopKStage):
     def layer(self) -> int:
         return self.score_layer + 1
 
-    @property
-    def clusters(self) -> int:
-        return recycle_counts(self.n_in, self.budget)[1] if self.recycle else 0
+    def resolve(self, n_in: int, n_visual: int) -> "SparseVLMStage":
+        """The stage with `n_in` = the visual tokens entering it (fixes the recycling counts); the budget is
+        absolute and must fit (ValueError otherwise)."""
+        if self.n_in is not None:
+            return self
+        return dataclasses.replace(self, n_in=n_in)
 
     @property
-    def keep(self) -> int:
-        return self.budget + self.clusters
+    def clusters(self) -> int | None:
+        if not self.recycle:
+            return 0
+        return None if self.n_in is None else recycle_counts(self.n_in, self.budget)[1]
+
+    @property
+    def keep(self) -> int | None:
+        return None if self.n_in is None else self.budget + self.clusters
 
     def query_rows(self, state):
         return common.pick_rows(common.after_visual_text(state), self.max_rows, prefer_last=True)
@@ -266,12 +289,14 @@ class SparseVLMStage(common.TopKStage):
 
 
 def sparsevlm(budget: int = 128, version: str = "1.5", recycle: bool | None = None, layers=SPARSE_LAYERS,
-              budgets=None, n_visual: int = common.LLAVA_VISUAL_TOKENS, max_rows: int = 128,
+              budgets=None, n_visual: int | None = None, max_rows: int = 128,
               renumber: bool | None = None, heads: int = 14, rope_theta: float = 10000.0) -> tuple:
     """SparseVLM schedule. `budget` picks the per-layer table (192/128/96/64) or pass `budgets` explicitly.
 
     layers are upstream's pruning locations (the attention layer; the drop happens before the next layer).
-    recycle / renumber default to True for v1.5 and False for v2.0.
+    recycle / renumber default to True for v1.5 and False for v2.0. Budgets are absolute counts; n_visual=None
+    (default) leaves each stage's entering count (recycling slots) to the engine (resolved at plan time from the
+    batch's smallest visual count), an int fixes it now (576: 303 + 9, 110 + 7, 36 + 3).
     """
     table = BUDGETS_V15 if version == "1.5" else BUDGETS_V20
     if budgets is None:
@@ -284,6 +309,10 @@ def sparsevlm(budget: int = 128, version: str = "1.5", recycle: bool | None = No
         raise ValueError(f"need one budget per layer: layers={layers} budgets={budgets}")
     recycle = (version == "1.5") if recycle is None else recycle
     renumber = (version == "1.5") if renumber is None else renumber
+    if n_visual is None:
+        return tuple(SparseVLMStage(score_layer=l, budget=b, n_in=None, recycle=recycle, version=version,
+                                    max_rows=max_rows, renumber=renumber, heads=heads, rope_theta=rope_theta)
+                     for l, b in zip(layers, budgets))
     stages, n_in = [], common.check_count("n_visual", n_visual)
     for l, b in zip(layers, budgets):
         if b > n_in:
