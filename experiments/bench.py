@@ -231,6 +231,10 @@ def main(argv: list[str] | None = None) -> int:
 
     variants = {"unpruned": None}
     variants.update({f"fastv keep {k}": prune.fastv(layer=args.layer, keep=k) for k in keeps})
+    # The same FastV budget with the release's debiasing (cubic trend + padding suppression): its cost over
+    # plain FastV is the debiasing overhead (same kept count, same FLOPs).
+    debias_keep = keeps[len(keeps) // 2]
+    variants[f"debiased {debias_keep}"] = prune.debiased_fastv(layer=args.layer, keep=debias_keep)
     runners, compile_s = {}, {}
     for name, sched in variants.items():
         for new in (1, args.new):
@@ -282,6 +286,10 @@ def main(argv: list[str] | None = None) -> int:
                                      "compile_s": comp, "prefill_samples_ms": [1e3 * t for t in times[(name, 1)]]}
         print(f"{name:<16}{1e3 * pre:>11.1f}{pre / base_t:>13.3f}{flops / base_flops:>13.3f}{1e3 * dec:>15.2f}"
               f"{comp:>11.1f}")
+
+    plain, debiased = med[(f"fastv keep {debias_keep}", 1)], med[(f"debiased {debias_keep}", 1)]
+    results["debias_overhead"] = debiased / plain - 1
+    print(f"debiasing overhead on FastV keep {debias_keep} prefill: {100 * (debiased / plain - 1):+.2f}%")
 
     if torch_calls:
         tp = med["prefill"]
