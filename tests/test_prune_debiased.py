@@ -81,7 +81,7 @@ def test_presets_and_settings():
     assert [s.keep for s in h] == [115, 90] and isinstance(h[0], prune.Debiased)
     assert not isinstance(h[1], prune.Debiased)  # stage 2 left undebiased, as the release
     assert h[0].trend == debias.release_trend("himap", "gqa")
-    d = prune.debiased_pdrop()
+    d = prune.debiased_pdrop(n_visual=576)
     assert [s.keep for s in d] == [184, 92, 46] and d[0].pad_threshold == 0.01 and d[0].renumber
     assert all(not isinstance(s, prune.Debiased) for s in d[1:])
     s = prune.debiased_sparsevlm()

@@ -59,8 +59,9 @@ def test_pdrop_stage_is_last_token_recomputed(shape):
 
 
 def test_pdrop_keeps_and_errors():
-    assert [s.keep for s in prune.pdrop(layers=(2, 10, 20), ratios=(.32, .16, .08))] == [184, 92, 46]
-    assert [s.keep for s in prune.pdrop()] == [288, 144, 72]
+    assert [s.keep for s in prune.pdrop(layers=(2, 10, 20), ratios=(.32, .16, .08), n_visual=576)] == [184, 92, 46]
+    assert [s.keep for s in prune.pdrop(n_visual=576)] == [288, 144, 72]
+    assert [s.keep for s in prune.pdrop()] == [None] * 3  # resolved by the engine at plan time
     assert [s.layer for s in prune.pdrop()] == [8, 16, 24]
     assert not prune.pdrop(renumber=False)[0].renumber
     with pytest.raises(ValueError, match="non-increasing"):
@@ -161,7 +162,7 @@ def test_sparsevlm_tables_and_counts():
     assert [s.budget for s in prune.sparsevlm(192)] == [300, 200, 110]
     assert [s.budget for s in prune.sparsevlm(96)] == [238, 48, 26]
     assert prune.recycle_counts(576, 303) == (82, 9)
-    s = prune.sparsevlm(128)
+    s = prune.sparsevlm(128, n_visual=576)
     assert [x.n_in for x in s] == [576, 312, 117] and [x.keep for x in s] == [312, 117, 39]
     v2 = prune.sparsevlm(128, version="2.0")
     assert [x.keep for x in v2] == [238, 108, 60] and not v2[0].renumber and not v2[0].recycle
@@ -332,11 +333,12 @@ def test_budget_errors():
         prune.fastv(keep=12.5)
     with pytest.raises(ValueError, match="drop_ratio"):
         prune.fastv(drop_ratio=1.0)
-    assert prune.fastv(drop_ratio=0.75)[0].keep == 144
+    assert prune.fastv(drop_ratio=0.75, n_visual=576)[0].keep == 144
+    assert prune.fastv(drop_ratio=0.75)[0].keep is None  # resolved at plan time
     with pytest.raises(ValueError, match="image_keep"):
         prune.himap(text_keep=10, image_keep=20)
     with pytest.raises(ValueError, match="exceeds"):
-        prune.sparsevlm(budgets=(700, 10, 5))
+        prune.sparsevlm(budgets=(700, 10, 5), n_visual=576)
     with pytest.raises(ValueError, match="keep_ratio"):
         prune.illava(keep_ratio=0.0)
     _, lay, q, k, _ = _setup(11, 1, 24, 12, 2, 8)
@@ -347,13 +349,20 @@ def test_budget_errors():
 
 
 def test_stages_hashable_and_static():
+    from jaxvlm.engine.prefill import resolve_stage
+
     scheds = [prune.fastv(), prune.pdrop(), prune.sparsevlm(), prune.himap(), prune.tokencarve(), prune.illava(),
               prune.dart(), prune.divprune(), prune.visionzip(), prune.debiased_fastv(), prune.debiased_pdrop(),
-              prune.debiased_himap(), prune.debiased_sparsevlm(), prune.debiased_tokencarve()]
+              prune.debiased_himap(), prune.debiased_sparsevlm(), prune.debiased_tokencarve(),
+              prune.fastv(drop_ratio=0.5), prune.debiased_illava()]
     for s in scheds:
         assert isinstance(s, tuple) and hash(s) == hash(s)
+        n = 576
         for st in s:
+            st = resolve_stage(st, n, 576)
+            assert hash(st) == hash(st)
             assert isinstance(st.layer, int) and isinstance(st.keep, int)
+            n = min(n, st.keep)
     assert prune.fastv() == prune.fastv(layer=2, keep=128)
 
 
