@@ -260,7 +260,8 @@ class SparseVLMStage(common.TopKStage):
 
     @property
     def keep(self) -> int | None:
-        return None if self.n_in is None else self.budget + self.clusters
+        clusters = self.clusters
+        return None if clusters is None else self.budget + clusters
 
     def query_rows(self, state):
         return common.pick_rows(common.after_visual_text(state), self.max_rows, prefer_last=True)
