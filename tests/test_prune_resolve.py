@@ -38,6 +38,7 @@ def test_resolution_counts():
     il = resolved(prune.illava(layers=(3, 4), keep_ratio=.7), [83])
     assert [(s.n_in, s.r, s.keep) for s in il] == [(83, 25, 58), (58, 17, 41)]
     assert resolved(prune.fastv(drop_ratio=.5), [83])[0].keep == 42
+    assert resolved(prune.divprune(ratio=.1), [83])[0].keep == 8
     sv = resolved(prune.sparsevlm(layers=(0, 1), budgets=(40, 20)), [83])
     assert [(s.n_in, s.keep) for s in sv] == [(83, 42), (42, 21)]
     # rows with different counts: ratios resolve against the batch's smallest visual count (not floored to 64)
@@ -52,12 +53,14 @@ def test_llava_counts_unchanged():
         (prune.sparsevlm(128), [312, 117, 39]),
         (prune.illava(), [403]),
         (prune.fastv(drop_ratio=.75), [144]),
+        (prune.divprune(), [56]),
         (prune.debiased_pdrop(), [184, 92, 46]),
         (prune.debiased_sparsevlm(), [312, 117, 39]),
     ]
     explicit = [prune.pdrop(layers=(2, 10, 20), ratios=(.32, .16, .08), n_visual=576), prune.pdrop(n_visual=576),
                 prune.sparsevlm(128, n_visual=576), prune.illava(n_visual=576),
-                prune.fastv(drop_ratio=.75, n_visual=576), prune.debiased_pdrop(n_visual=576),
+                prune.fastv(drop_ratio=.75, n_visual=576), prune.divprune(n_visual=576),
+                prune.debiased_pdrop(n_visual=576),
                 prune.debiased_sparsevlm(n_visual=576)]
     for (sched, keeps), exp in zip(cases, explicit):
         got = resolved(sched, [576, 600])

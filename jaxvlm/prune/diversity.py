@@ -134,12 +134,24 @@ def divprune_select(x: jax.Array, cand: jax.Array, keep: int) -> jax.Array:
 @dataclasses.dataclass(frozen=True)
 class DivPrune(common.TopKStage):
     layer: int = 0
-    keep: int = 64
+    keep: int | None = 64  # None: resolved from `ratio` at plan time
+    ratio: float | None = None  # only while keep is None
     attention_based = False
 
     def __post_init__(self):
         common.check_layer("DivPrune layer", self.layer)
-        common.check_count("DivPrune keep", self.keep)
+        if self.keep is None:
+            common.check_ratio("DivPrune ratio", self.ratio)
+        else:
+            common.check_count("DivPrune keep", self.keep)
+            if self.ratio is not None:
+                raise ValueError("DivPrune stage: give keep or ratio, not both")
+
+    def resolve(self, n_in: int, n_visual: int) -> "DivPrune":
+        """Concrete keep = max(1, round(ratio * n_in)) of the visual tokens entering the stage."""
+        if self.keep is not None:
+            return self
+        return DivPrune(layer=self.layer, keep=_ratio_keep(self.ratio, n_in))
 
     score_layer = None
 
@@ -153,11 +165,18 @@ class DivPrune(common.TopKStage):
         return Selection(slots=divprune_select(ctx.state.x, common.candidates(ctx.state), self.keep))
 
 
+def _ratio_keep(ratio: float, n: int) -> int:
+    return max(1, int(round(common.check_ratio("ratio", ratio) * common.check_count("n_visual", n))))
+
+
 def divprune(keep: int | None = None, ratio: float | None = 0.098, layer: int = 0,
-             n_visual: int = common.LLAVA_VISUAL_TOKENS) -> tuple[DivPrune]:
-    """DivPrune before the LLM (layer 0). `keep` tokens, or `ratio` of `n_visual` (default 0.098 -> 56 of 576)."""
+             n_visual: int | None = None) -> tuple[DivPrune]:
+    """DivPrune before the LLM (layer 0). `keep` tokens, or `ratio` of the visual count (default 0.098 -> 56 of
+    576): of `n_visual` when given, else of the batch's smallest visual count, resolved by the engine at plan time."""
     if keep is None:
-        keep = max(1, int(round(common.check_ratio("ratio", ratio) * common.check_count("n_visual", n_visual))))
+        if n_visual is None:
+            return (DivPrune(layer=layer, keep=None, ratio=common.check_ratio("ratio", ratio)),)
+        keep = _ratio_keep(ratio, n_visual)
     return (DivPrune(layer=layer, keep=keep),)
 
 
