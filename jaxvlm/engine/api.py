@@ -138,7 +138,8 @@ def _generate_core(text_w, cfg: TextConfig, state: TokenState, key, sampling: Sa
     tokens, step_logits = decode(text_w, cfg, plan, caches, logits, start_pos.astype(jnp.int32),
                                  state.positions.shape[0], key, sampling, eos, pad_id, plan.max_new, output_logits,
                                  layer_list=layer_list)
-    return tokens[:b], tuple(k[:b] for k in kept), (step_logits[:b] if output_logits else None)
+    return shard.host_readable((tokens[:b], tuple(k[:b] for k in kept),
+                                (step_logits[:b] if output_logits else None)), mesh)
 
 
 def _forward_core(text_w, cfg: TextConfig, state: TokenState, plan: Plan, mesh, embeds=None, pad_fn=None,
@@ -148,7 +149,7 @@ def _forward_core(text_w, cfg: TextConfig, state: TokenState, plan: Plan, mesh, 
     state = shard.shard_state(state, mesh)
     state, _, kept, _ = prefill(text_w, cfg, state, plan, embeds=embeds, pad_fn=pad_fn, layer_list=layer_list)
     logits = decoder.final_logits(text_w, state.x, cfg)
-    return logits[:b], tuple(k[:b] for k in kept), state.src[:b]
+    return shard.host_readable((logits[:b], tuple(k[:b] for k in kept), state.src[:b]), mesh)
 
 
 _STATIC = ("plan", "mesh", "output_logits")

@@ -10,9 +10,10 @@ A batch whose size is not a multiple of the mesh size is padded inside the progr
 outputs are dropped). Multi-host: run the same program on every host after
 `jax.distributed.initialize(coordinator_address, num_processes, process_id)`; `data_mesh()` then spans
 `jax.devices()` of all hosts, every host passes the same global inputs (numpy), and `jax.jit` places each
-host's rows on its local devices. Results are replicated back with `jax.experimental.multihost_utils.
-process_allgather` if a host needs all rows. Larger models would add a "model" mesh axis and a logical-axis rule
-table here; the engine code would not change.
+host's rows on its local devices. On a mesh that spans several processes the outputs are replicated inside the
+program (`host_readable`), so every host reads all rows with np.asarray (tested: tests/test_engine_multihost.py,
+2 processes on one machine). Larger models would add a "model" mesh axis and a logical-axis rule table here; the
+engine code would not change.
 """
 
 from __future__ import annotations
@@ -67,3 +68,20 @@ def shard_state(state: TokenState, mesh: Mesh | None) -> TokenState:
         return jax.lax.with_sharding_constraint(a, NamedSharding(mesh, PartitionSpec(*spec)))
 
     return jax.tree_util.tree_map_with_path(constrain, state)
+
+
+def spans_processes(mesh: Mesh | None) -> bool:
+    """Whether `mesh` holds devices of more than one process (multi-host after jax.distributed.initialize)."""
+    return mesh is not None and len({d.process_index for d in mesh.devices.flat}) > 1
+
+
+def host_readable(tree, mesh: Mesh | None):
+    """Replicate the outputs over a multi-process mesh so that every process can read every row.
+
+    A row-sharded output of a multi-process program spans devices another process owns, and np.asarray on it
+    fails; the all-gather is done here, inside the program. Identity for one process, whose sharded outputs are
+    addressable as they are.
+    """
+    if not spans_processes(mesh):
+        return tree
+    return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, replicated(mesh)), tree)
