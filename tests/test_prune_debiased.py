@@ -198,7 +198,8 @@ def test_property_static_count_and_padding(seed, method, keep, pad_frac, mode):
         if mode != "raw" and n_valid >= stage.keep and method != "tokencarve":
             assert not any(lay.pad[i][s] for s in got)  # no padding kept when enough valid tokens
         if mode == "fill" and n_valid < stage.keep <= n_cand and method != "tokencarve":
-            assert sum(not lay.pad[i][s] for s in got) == n_valid  # every valid token kept, padding fills
+            # every valid token kept (as many as fit: iLLaVA keeps a fixed n - r), padding fills the rest
+            assert sum(not lay.pad[i][s] for s in got) == min(n_valid, len(got))
 
 
 @settings(max_examples=10, deadline=None)
