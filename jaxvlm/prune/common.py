@@ -212,6 +212,14 @@ __all__ = [
 # ------------------------------------------------------------------------------------------ stage mixin
 
 
+class ScoresPreviousLayer:
+    """Mixin: the stage reads the attention of the layer before the one it prunes at (FastV's K-1 rule)."""
+
+    @property
+    def score_layer(self) -> int:
+        return self.layer - 1
+
+
 class TopKStage:
     """Mixin for frozen-dataclass stages: default `select` = top-`keep` scores among candidate slots.
 

@@ -62,7 +62,7 @@ def dart_select(x: jax.Array, norms: jax.Array, cand: jax.Array, text: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
-class DART(common.TopKStage):
+class DART(common.ScoresPreviousLayer, common.TopKStage):
     layer: int = 2
     keep: int = 128
     n_image_pivots: int = 4
@@ -72,10 +72,6 @@ class DART(common.TopKStage):
     def __post_init__(self):
         common.check_layer("DART layer", self.layer, low=1)
         common.check_count("DART keep", self.keep)
-
-    @property
-    def score_layer(self) -> int:
-        return self.layer - 1
 
     def query_rows(self, state):
         return common.last_token_rows(state)  # unused by the score; the engine needs a row to run

@@ -27,7 +27,7 @@ def fastv_scores(logits: jax.Array, row_weight: jax.Array, cand: jax.Array) -> j
 
 
 @dataclasses.dataclass(frozen=True)
-class FastV(common.TopKStage):
+class FastV(common.ScoresPreviousLayer, common.TopKStage):
     layer: int = 2
     keep: int | None = 128  # None: resolved from `drop_ratio` at plan time
     drop_ratio: float | None = None  # only while keep is None
@@ -47,10 +47,6 @@ class FastV(common.TopKStage):
         if self.keep is not None:
             return self
         return dataclasses.replace(self, keep=_drop_keep(n_in, self.drop_ratio), drop_ratio=None)
-
-    @property
-    def score_layer(self) -> int:
-        return self.layer - 1
 
     def query_rows(self, state):
         return common.last_token_rows(state)

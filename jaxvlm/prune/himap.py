@@ -30,7 +30,7 @@ def summed_scores(logits: jax.Array, row_weight: jax.Array, cand: jax.Array) -> 
 
 
 @dataclasses.dataclass(frozen=True)
-class HiMAPText(common.TopKStage):
+class HiMAPText(common.ScoresPreviousLayer, common.TopKStage):
     layer: int = 2
     keep: int = 288
     max_rows: int = 128
@@ -40,10 +40,6 @@ class HiMAPText(common.TopKStage):
         common.check_count("HiMAP text keep", self.keep)
         common.check_count("HiMAP max_rows", self.max_rows)
 
-    @property
-    def score_layer(self) -> int:
-        return self.layer - 1
-
     def query_rows(self, state):
         return common.pick_rows(common.after_visual_text(state), self.max_rows, prefer_last=True)
 
@@ -52,7 +48,7 @@ class HiMAPText(common.TopKStage):
 
 
 @dataclasses.dataclass(frozen=True)
-class HiMAPImage(common.TopKStage):
+class HiMAPImage(common.ScoresPreviousLayer, common.TopKStage):
     layer: int = 8
     keep: int = 72
     n_rows: int = 288  # static row count: the visual tokens entering this stage (stage 1's keep)
@@ -63,10 +59,6 @@ class HiMAPImage(common.TopKStage):
         common.check_count("HiMAP image rows", self.n_rows)
         if self.keep > self.n_rows:
             raise ValueError(f"HiMAP image_keep={self.keep} exceeds the {self.n_rows} tokens entering stage 2")
-
-    @property
-    def score_layer(self) -> int:
-        return self.layer - 1
 
     def query_rows(self, state):
         return common.pick_rows(common.candidates(state), self.n_rows, prefer_last=False)

@@ -46,7 +46,7 @@ def fold_lowest(x: jax.Array, scores: jax.Array, cand: jax.Array, r: int, keep: 
 
 
 @dataclasses.dataclass(frozen=True)
-class ILLaVAStage(common.TopKStage):
+class ILLaVAStage(common.ScoresPreviousLayer, common.TopKStage):
     layer: int = 8
     n_in: int | None = common.LLAVA_VISUAL_TOKENS  # None (with r None): resolved from keep_ratio at plan time
     r: int | None = 173
@@ -69,10 +69,6 @@ class ILLaVAStage(common.TopKStage):
         if self.keep_ratio is None:
             return self
         return ILLaVAStage(layer=self.layer, n_in=n_in, r=illava_r(n_in, self.keep_ratio))
-
-    @property
-    def score_layer(self) -> int:
-        return self.layer - 1
 
     @property
     def keep(self) -> int | None:

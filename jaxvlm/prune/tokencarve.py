@@ -75,7 +75,7 @@ def carve(x: jax.Array, av: jax.Array, cand: jax.Array, keep: int, av_weight: fl
 
 
 @dataclasses.dataclass(frozen=True)
-class TokenCarve(common.TopKStage):
+class TokenCarve(common.ScoresPreviousLayer, common.TopKStage):
     layer: int = 2
     keep: int = 64
     av_weight: float = 0.5
@@ -85,10 +85,6 @@ class TokenCarve(common.TopKStage):
         common.check_count("TokenCarve keep", self.keep, low=2)
         if not 0.0 <= self.av_weight <= 1.0:
             raise ValueError(f"TokenCarve av_weight={self.av_weight} must be in [0, 1]")
-
-    @property
-    def score_layer(self) -> int:
-        return self.layer - 1
 
     @property
     def n_select(self) -> int:
