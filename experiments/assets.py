@@ -10,21 +10,16 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxvlm.processor import LLAVA_SYSTEM, llava_prompt
+
 # skimage.data names -> (height, width) as shipped; a mix of square, portrait and landscape photographs.
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle", "hubble_deep_field")
 
 IMAGE_TOKEN = "<image>"
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>", IMAGE_TOKEN)
 
-# LLaVA-1.5's conversation template (vicuna_v1); `{question}` follows the image placeholder.
-VICUNA_SYSTEM = (
-    "A chat between a curious human and an artificial intelligence assistant. "
-    "The assistant gives helpful, detailed, and polite answers to the human's questions."
-)
-
-
 def vicuna_prompt(question: str) -> str:
-    return f"{VICUNA_SYSTEM} USER: {IMAGE_TOKEN}\n{question} ASSISTANT:"
+    return llava_prompt(question, IMAGE_TOKEN)
 
 
 def photo(name: str) -> np.ndarray:
@@ -38,7 +33,7 @@ def photo(name: str) -> np.ndarray:
 
 
 CORPUS = (
-    VICUNA_SYSTEM,
+    LLAVA_SYSTEM,
     "USER: ASSISTANT: What is shown in this image? Describe the photo in detail.",
     "The image shows a person, a cat, a cup of coffee, a rocket, a motorcycle and stars in the sky.",
     "Answer the question using a single word or phrase. Is there a red object? Yes No",

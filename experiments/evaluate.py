@@ -22,32 +22,15 @@ from pathlib import Path
 import numpy as np
 
 from experiments import scoring
+from jaxvlm.processor import llava_prompt
 
 TEMPLATES = {
     # LLaVA-1.5 vicuna_v1 (what the pruning papers evaluate with); "{q}" is question + instruction.
-    "llava": "A chat between a curious human and an artificial intelligence assistant. The assistant gives "
-             "helpful, detailed, and polite answers to the human's questions. USER: <image>\n{q} ASSISTANT:",
+    "llava": llava_prompt("{q}"),
     # Qwen2-VL chat format with one image.
     "qwen": "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
             "<|vision_start|><|image_pad|><|vision_end|>{q}<|im_end|>\n<|im_start|>assistant\n",
 }
-
-
-def parse_schedule(spec: str | None):
-    """'none' | 'fastv' | 'debiased_fastv:keep=64,layer=3' -> a pruning schedule from `jaxvlm.prune`."""
-    from jaxvlm import prune
-
-    if spec is None or spec in ("", "none"):
-        return None
-    name, _, args = spec.partition(":")
-    factory = getattr(prune, name, None)
-    if factory is None or not callable(factory):
-        raise ValueError(f"unknown pruning schedule {name!r} (a function of jaxvlm.prune, e.g. fastv)")
-    kwargs = {}
-    for item in filter(None, args.split(",")):
-        key, _, value = item.partition("=")
-        kwargs[key.strip()] = json.loads(value) if value.strip()[:1] in "[{0123456789.-tfn" else value.strip()
-    return factory(**kwargs)
 
 
 def read_samples(path: Path, benchmark: str | None) -> list[dict]:
@@ -159,9 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import jaxvlm
+    from jaxvlm import prune
 
     samples = read_samples(Path(args.data), args.benchmark)
-    schedule = parse_schedule(args.prune)
+    schedule = prune.parse_schedule(args.prune)
     params = jaxvlm.load(args.model, dtype=args.dtype)
     processor = jaxvlm.Processor.from_pretrained(args.processor or args.model)
     out = Path(args.out)

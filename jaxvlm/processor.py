@@ -30,6 +30,18 @@ PROCESSOR_FAMILIES = {
 MODEL_TYPE_FAMILIES = {"llava": "llava", "qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_5_vl"}
 
 
+# LLaVA-1.5's conversation template (vicuna_v1), the one the pruning papers evaluate with.
+LLAVA_SYSTEM = (
+    "A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions."
+)
+
+
+def llava_prompt(question: str, image_token: str = "<image>") -> str:
+    """One-image LLaVA-1.5 prompt: system, then `USER: <image>\n{question} ASSISTANT:`."""
+    return f"{LLAVA_SYSTEM} USER: {image_token}\n{question} ASSISTANT:"
+
+
 def _read(path: str, name: str) -> dict:
     f = os.path.join(path, name)
     if not os.path.isfile(f):

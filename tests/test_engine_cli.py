@@ -11,12 +11,12 @@ from jaxvlm.engine import cli
 def test_parse_schedule():
     from jaxvlm import prune
 
-    assert cli.parse_schedule("none") is None
-    assert cli.parse_schedule("fastv:layer=3,keep=64") == prune.fastv(layer=3, keep=64)
-    assert cli.parse_schedule("pdrop:layers=2/4/6,ratios=.5/.25/.125") == prune.pdrop(
+    assert prune.parse_schedule("none") is None
+    assert prune.parse_schedule("fastv:layer=3,keep=64") == prune.fastv(layer=3, keep=64)
+    assert prune.parse_schedule("pdrop:layers=2/4/6,ratios=.5/.25/.125") == prune.pdrop(
         layers=(2, 4, 6), ratios=(0.5, 0.25, 0.125))
     with pytest.raises(ValueError, match="unknown pruning method"):
-        cli.parse_schedule("nope")
+        prune.parse_schedule("nope")
 
 
 def test_generate_command(tmp_path, capsys):

@@ -42,7 +42,7 @@ def test_eval_writes_results_and_resumes(tmp_path, capsys):
     samples = evaluate.read_samples(data, None)
     params = jaxvlm.load(model)
     processor = jaxvlm.Processor.from_pretrained(model)
-    evaluate.evaluate(params, processor, samples[:2], out, schedule=evaluate.parse_schedule("debiased_fastv:keep=32"),
+    evaluate.evaluate(params, processor, samples[:2], out, schedule=jaxvlm.prune.parse_schedule("debiased_fastv:keep=32"),
                       batch_size=2, max_new_tokens=3, progress=False)
     first = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in first] == ["q0", "q1"]
@@ -59,10 +59,10 @@ def test_eval_writes_results_and_resumes(tmp_path, capsys):
 
 
 def test_parse_schedule_names_and_arguments():
-    assert evaluate.parse_schedule("none") is None
-    assert evaluate.parse_schedule("fastv:keep=64,layer=3") == jaxvlm.prune.fastv(keep=64, layer=3)
+    assert jaxvlm.prune.parse_schedule("none") is None
+    assert jaxvlm.prune.parse_schedule("fastv:keep=64,layer=3") == jaxvlm.prune.fastv(keep=64, layer=3)
     try:
-        evaluate.parse_schedule("nosuchmethod")
+        jaxvlm.prune.parse_schedule("nosuchmethod")
     except ValueError as e:
         assert "nosuchmethod" in str(e)
     else:

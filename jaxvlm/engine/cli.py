@@ -11,40 +11,8 @@ image processor) is read from --processor (default: CHECKPOINT). --prune takes `
 from __future__ import annotations
 
 import argparse
-import ast
 import sys
 import time
-
-
-def parse_schedule(spec: str | None):
-    """`name[:key=value,...]` -> a schedule tuple (None for "none")."""
-    from jaxvlm import prune
-
-    if spec is None or spec.strip().lower() in ("", "none"):
-        return None
-    name, _, rest = spec.partition(":")
-    name = name.strip()
-    builders = dict(prune.METHODS)
-    builders.update({n: getattr(prune, n) for n in dir(prune) if n.startswith("debiased_")})
-    if name not in builders:
-        raise ValueError(f"unknown pruning method {name!r}; have none, {', '.join(sorted(builders))}")
-    kwargs = {}
-    for item in filter(None, (s.strip() for s in rest.split(","))):
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise ValueError(f"--prune argument {item!r} is not key=value")
-        kwargs[key.strip()] = _literal(value.strip())
-    sched = builders[name](**kwargs)
-    return sched if isinstance(sched, tuple) else (sched,)
-
-
-def _literal(value: str):
-    if "/" in value:
-        return tuple(_literal(v) for v in value.split("/"))
-    try:
-        return ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        return value
 
 
 def build_prompt(processor, prompt: str, template: str) -> str:
@@ -55,10 +23,9 @@ def build_prompt(processor, prompt: str, template: str) -> str:
     if template == "chat" or (template == "auto" and has_chat):
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
         return processor.hf.apply_chat_template(messages, add_generation_prompt=True)
-    image_token = getattr(processor.hf, "image_token", "<image>")
-    system = ("A chat between a curious human and an artificial intelligence assistant. The assistant gives "
-              "helpful, detailed, and polite answers to the human's questions.")
-    return f"{system} USER: {image_token}\n{prompt} ASSISTANT:"
+    from jaxvlm.processor import llava_prompt
+
+    return llava_prompt(prompt, image_token=getattr(processor.hf, "image_token", "<image>"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,9 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     from PIL import Image
 
     import jaxvlm
+    from jaxvlm import prune
 
     try:
-        schedule = parse_schedule(args.prune)
+        schedule = prune.parse_schedule(args.prune)
     except (ValueError, TypeError) as e:
         print(f"jaxvlm generate: {e}", file=sys.stderr)
         return 2

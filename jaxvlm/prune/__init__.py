@@ -14,6 +14,7 @@ The pure score/select functions of each method are exported too (usable alone, u
 """
 
 from jaxvlm.prune.base import Selection, Stage, StageContext
+from jaxvlm.prune.spec import parse_schedule
 from jaxvlm.prune.common import candidates, head_mean_probs, last_token_rows, pick_rows, top_k_slots
 from jaxvlm.prune.debiased import (
     PRESETS,
@@ -70,6 +71,7 @@ METHODS = {
 }
 
 __all__ = [
+    "parse_schedule",
     "BUDGETS_V15", "BUDGETS_V20", "DART", "Debiased", "DivPrune", "FastV", "HiMAPImage", "HiMAPText",
     "ILLaVAStage", "METHODS", "PDropStage", "PRESETS", "SETTINGS", "Selection", "SparseVLMStage", "Stage",
     "StageContext", "TokenCarve", "VisionZip", "borda_points", "candidates", "carve", "dart", "dart_select",

@@ -1,0 +1,37 @@
+"""Schedules from command-line strings: `name[:key=value,...]`, e.g. `debiased_fastv:keep=64,setting="padding"`
+or `pdrop:layers=2/10/20,ratios=.32/.16/.08` (`/` separates tuple items; values are Python literals)."""
+
+from __future__ import annotations
+
+import ast
+
+
+def parse_schedule(spec: str | None):
+    """A schedule tuple from `spec` (None for "none" / empty); names are the constructors of `jaxvlm.prune`."""
+    from jaxvlm import prune
+
+    if spec is None or spec.strip().lower() in ("", "none"):
+        return None
+    name, _, rest = spec.partition(":")
+    name = name.strip()
+    builders = dict(prune.METHODS)
+    builders.update({n: getattr(prune, n) for n in dir(prune) if n.startswith("debiased_")})
+    if name not in builders:
+        raise ValueError(f"unknown pruning method {name!r}; have none, {', '.join(sorted(builders))}")
+    kwargs = {}
+    for item in filter(None, (s.strip() for s in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"pruning argument {item!r} is not key=value")
+        kwargs[key.strip()] = _literal(value.strip())
+    sched = builders[name](**kwargs)
+    return sched if isinstance(sched, tuple) else (sched,)
+
+
+def _literal(value: str):
+    if "/" in value:
+        return tuple(_literal(v) for v in value.split("/"))
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value
