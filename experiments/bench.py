@@ -33,15 +33,20 @@ N_VISUAL, PREFIX = 576, 35
 
 
 def layer_flops(n: int, d: int = HIDDEN, m: int = FFN) -> float:
+    """One decoder layer over n tokens, the FFN counted as 3 matrices (PRUNING.md)."""
     return 4 * n * d * d + 2 * n * n * d + 3 * n * d * m
 
 
+def last_layer_flops(n: int, d: int = HIDDEN, m: int = FFN) -> float:
+    """Generation's final layer (decoder.layer_at_rows): keys/values for n tokens, the rest for one token."""
+    return 2 * n * d * d + 2 * d * d + 2 * n * d + 3 * d * m
+
+
 def schedule_flops(n_tokens: int, stage_layer: int | None, keep: int | None, layers: int = LAYERS) -> float:
-    total = 0.0
-    for i in range(layers):
-        n = n_tokens if stage_layer is None or i < stage_layer else n_tokens - N_VISUAL + keep
-        total += layer_flops(n)
-    return total
+    """Prefill FLOPs of generation with one FastV-style stage (what the engine computes, in both variants)."""
+    sizes = [n_tokens if stage_layer is None or i < stage_layer else n_tokens - N_VISUAL + keep
+             for i in range(layers)]
+    return sum(layer_flops(n) for n in sizes[:-1]) + last_layer_flops(sizes[-1])
 
 
 def build_models(seed: int = 0):
