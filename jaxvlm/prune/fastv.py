@@ -26,8 +26,19 @@ def fastv_scores(logits: jax.Array, row_weight: jax.Array, cand: jax.Array) -> j
     return jnp.where(cand, s, 0.0)
 
 
+class ScoresLastToken:
+    """Mixin: FastV's score, the last prompt token's head-mean attention over the visual slots (also the
+    attention branch of TokenCarve and iLLaVA's LLM-stage score)."""
+
+    def query_rows(self, state):
+        return common.last_token_rows(state)
+
+    def score(self, ctx: StageContext) -> jax.Array:
+        return fastv_scores(ctx.logits, ctx.row_weight, common.candidates(ctx.state))
+
+
 @dataclasses.dataclass(frozen=True)
-class FastV(common.ScoresPreviousLayer, common.TopKStage):
+class FastV(ScoresLastToken, common.ScoresPreviousLayer, common.TopKStage):
     layer: int = 2
     keep: int | None = 128  # None: resolved from `drop_ratio` at plan time
     drop_ratio: float | None = None  # only while keep is None
@@ -47,12 +58,6 @@ class FastV(common.ScoresPreviousLayer, common.TopKStage):
         if self.keep is not None:
             return self
         return dataclasses.replace(self, keep=_drop_keep(n_in, self.drop_ratio), drop_ratio=None)
-
-    def query_rows(self, state):
-        return common.last_token_rows(state)
-
-    def score(self, ctx: StageContext) -> jax.Array:
-        return fastv_scores(ctx.logits, ctx.row_weight, common.candidates(ctx.state))
 
 
 def _check_drop_ratio(drop_ratio) -> float:

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from jaxvlm.prune import common
 from jaxvlm.prune.base import Selection, StageContext
-from jaxvlm.prune.fastv import fastv_scores
+from jaxvlm.prune.fastv import ScoresLastToken
 from jaxvlm.prune.sparsevlm import scatter_rows
 
 
@@ -46,7 +46,7 @@ def fold_lowest(x: jax.Array, scores: jax.Array, cand: jax.Array, r: int, keep: 
 
 
 @dataclasses.dataclass(frozen=True)
-class ILLaVAStage(common.ScoresPreviousLayer, common.TopKStage):
+class ILLaVAStage(ScoresLastToken, common.ScoresPreviousLayer, common.TopKStage):
     layer: int = 8
     n_in: int | None = common.LLAVA_VISUAL_TOKENS  # None (with r None): resolved from keep_ratio at plan time
     r: int | None = 173
@@ -73,12 +73,6 @@ class ILLaVAStage(common.ScoresPreviousLayer, common.TopKStage):
     @property
     def keep(self) -> int | None:
         return None if self.n_in is None else self.n_in - self.r
-
-    def query_rows(self, state):
-        return common.last_token_rows(state)
-
-    def score(self, ctx: StageContext) -> jax.Array:
-        return fastv_scores(ctx.logits, ctx.row_weight, common.candidates(ctx.state))
 
     def select(self, ctx: StageContext, scores: jax.Array) -> Selection:
         cand = common.candidates(ctx.state)

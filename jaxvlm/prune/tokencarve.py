@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from jaxvlm.prune import common
 from jaxvlm.prune.base import Selection, StageContext
-from jaxvlm.prune.fastv import fastv_scores
+from jaxvlm.prune.fastv import ScoresLastToken
 from jaxvlm.prune.sparsevlm import scatter_rows
 
 
@@ -75,7 +75,7 @@ def carve(x: jax.Array, av: jax.Array, cand: jax.Array, keep: int, av_weight: fl
 
 
 @dataclasses.dataclass(frozen=True)
-class TokenCarve(common.ScoresPreviousLayer, common.TopKStage):
+class TokenCarve(ScoresLastToken, common.ScoresPreviousLayer, common.TopKStage):
     layer: int = 2
     keep: int = 64
     av_weight: float = 0.5
@@ -86,16 +86,12 @@ class TokenCarve(common.ScoresPreviousLayer, common.TopKStage):
         if not 0.0 <= self.av_weight <= 1.0:
             raise ValueError(f"TokenCarve av_weight={self.av_weight} must be in [0, 1]")
 
+    # score: ScoresLastToken, the attention (AV) branch (last-token head-mean attention at layer - 1), which is
+    # what debiasing reweights; the SVD branch enters in `select`.
+
     @property
     def n_select(self) -> int:
         return self.keep + self.keep // 2
-
-    def query_rows(self, state):
-        return common.last_token_rows(state)
-
-    def score(self, ctx: StageContext) -> jax.Array:
-        """The attention (AV) branch: last-token head-mean attention at layer-1 (what debiasing reweights)."""
-        return fastv_scores(ctx.logits, ctx.row_weight, common.candidates(ctx.state))
 
     def select(self, ctx: StageContext, scores: jax.Array) -> Selection:
         cand = common.candidates(ctx.state)
