@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxvlm.engine.forward import forward
+from jaxvlm.engine import forward
 from jaxvlm.model import VLM
 from llava_reference import build, make_inputs
 

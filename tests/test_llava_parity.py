@@ -18,7 +18,7 @@ import torch
 import jax
 import jax.numpy as jnp
 
-from jaxvlm.engine.forward import forward
+from jaxvlm.engine import forward
 from jaxvlm.layers import causal_mask
 from jaxvlm.models import clip, decoder, llava
 from llava_reference import build, make_inputs, torch_logits
@@ -162,7 +162,7 @@ def test_tolerance_catches_bugs(models):
     """The tolerance is meaningful: each named bug, injected through the port's own data, fails it by far."""
     import dataclasses
 
-    from jaxvlm.engine.forward import forward_embedded
+    from jaxvlm.engine import forward_embedded
     from jaxvlm.model import VLM
 
     def _forward_unpruned(p, b):
