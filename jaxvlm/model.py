@@ -43,6 +43,9 @@ class Embedded:
     row: jax.Array  # int32: row of the token in its (merged) patch grid; -1 for text
     col: jax.Array  # int32: column of the token in its (merged) patch grid; -1 for text
     span_index: jax.Array  # int32: raster index within its image / frame (row * grid_w + col); -1 for text
+    # Optional, only when a stage asks for them (VisionZip; LLaVA's embed(..., vision_cls=True)):
+    vision_cls: jax.Array | None = None  # float32: vision tower [CLS] attention to the token, head sum; 0 text
+    vision_keys: jax.Array | None = None  # (B, T, Dk) float32: its vision-tower keys (head mean); 0 text
 
 
 FAMILY_MODULES = {

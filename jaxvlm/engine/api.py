@@ -155,12 +155,21 @@ def _forward_core(text_w, cfg: TextConfig, state: TokenState, plan: Plan, mesh, 
 _STATIC = ("plan", "mesh", "output_logits")
 
 
+def _embed(params, batch, plan):
+    """The family's embed; with `vision_cls=True` when a stage needs the vision tower's [CLS] attention and the
+    family provides it (VISION_CLS; otherwise the fields stay None and such a stage raises its own error)."""
+    from jaxvlm.model import family
+
+    fam = family(params)
+    if getattr(fam, "VISION_CLS", False) and any(getattr(st, "needs_vision_cls", False) for st in plan.stages):
+        return fam.embed(params, batch, vision_cls=True)
+    return fam.embed(params, batch)
+
+
 @functools.partial(jax.jit, static_argnames=_STATIC)
 def _generate_vlm(params, batch, key, sampling, plan, eos, pad_id, mesh, output_logits, layer_list=None,
                   pad_masks=None):
-    from jaxvlm.model import family
-
-    emb = family(params).embed(params, batch)
+    emb = _embed(params, batch, plan)
     state = pad_to(from_embedded(emb), plan.lengths[0])
     return _generate_core(params.weights["text"], params.config.text, state, key, sampling, plan, eos, pad_id,
                           mesh, output_logits, embeds=emb.embeds, pad_fn=pad_flags_fn(plan.stages, pad_masks),
@@ -175,9 +184,7 @@ def _generate_embedded(text_w, state, key, sampling, cfg, plan, eos, pad_id, mes
 
 @functools.partial(jax.jit, static_argnames=("plan", "mesh"))
 def _forward_vlm(params, batch, plan, mesh, layer_list=None, pad_masks=None):
-    from jaxvlm.model import family
-
-    emb = family(params).embed(params, batch)
+    emb = _embed(params, batch, plan)
     state = pad_to(from_embedded(emb), plan.lengths[0])
     return _forward_core(params.weights["text"], params.config.text, state, plan, mesh, embeds=emb.embeds,
                          pad_fn=pad_flags_fn(plan.stages, pad_masks), layer_list=layer_list)

@@ -25,6 +25,8 @@ class TokenState:
     row: jax.Array  # int32: row in its (merged) patch grid; -1 text
     col: jax.Array  # int32: column in its (merged) patch grid; -1 text
     span_index: jax.Array  # int32: raster index within its image/frame; -1 text
+    vision_cls: jax.Array | None = None  # float32 (optional, VisionZip): vision [CLS] attention; 0 text/padding
+    vision_keys: jax.Array | None = None  # (B, T_i, Dk) float32 (optional, VisionZip): vision-tower keys
 
     @property
     def batch(self) -> int:
@@ -47,6 +49,7 @@ def from_embedded(emb) -> TokenState:
         x=emb.embeds, positions=emb.positions.astype(jnp.int32), valid=emb.valid.astype(bool),
         visual=emb.visual.astype(bool) & emb.valid.astype(bool), src=jnp.where(emb.valid, src, -1),
         media=emb.media, frame=emb.frame, row=emb.row, col=emb.col, span_index=emb.span_index,
+        vision_cls=getattr(emb, "vision_cls", None), vision_keys=getattr(emb, "vision_keys", None),
     )
 
 
@@ -65,7 +68,18 @@ def gather(state: TokenState, order_bt: jax.Array, valid_bt: jax.Array) -> Token
         valid=valid_bt,
         visual=take(state.visual) & valid_bt,
         **fields,
+        **_gather_vision(state, order_bt, valid_bt),
     )
+
+
+def _gather_vision(state: TokenState, order_bt, valid_bt) -> dict:
+    out = {}
+    if state.vision_cls is not None:
+        out["vision_cls"] = jnp.where(valid_bt, jnp.take_along_axis(state.vision_cls, order_bt, axis=1), 0.0)
+    if state.vision_keys is not None:
+        k = jnp.take_along_axis(state.vision_keys, order_bt[:, :, None], axis=1)
+        out["vision_keys"] = jnp.where(valid_bt[:, :, None], k, 0.0)
+    return out
 
 
 def pad_to(state: TokenState, length: int) -> TokenState:
@@ -80,4 +94,6 @@ def pad_to(state: TokenState, length: int) -> TokenState:
     return TokenState(
         x=pad(state.x, 0), positions=pad(state.positions, 0, axis=2), valid=pad(state.valid, False),
         visual=pad(state.visual, False), **{name: pad(getattr(state, name), -1) for name in _INDEX_FIELDS},
+        vision_cls=None if state.vision_cls is None else pad(state.vision_cls, 0),
+        vision_keys=None if state.vision_keys is None else pad(state.vision_keys, 0),
     )

@@ -146,6 +146,22 @@ def layer(lw: dict, x_btd: jax.Array, cfg: ClipVisionConfig) -> jax.Array:
     return x_btd + jnp.einsum("BTF,FD->BTD", h, lw["w_fc2"]) + lw["b_fc2"]
 
 
+def cls_attention(lw: dict, x_btd: jax.Array, cfg: ClipVisionConfig) -> tuple[jax.Array, jax.Array]:
+    """VisionZip's inputs from the attention INSIDE one encoder layer whose input is `x_btd` (B, 1 + P, D).
+
+    Returns (cls (B, P) float32: the [CLS] query's softmax attention probabilities over the patch keys, summed
+    over heads, i.e. transformers' `attentions[i][:, :, 0, 1:].sum(1)` with `attentions[i]` that layer's;
+    keys (B, P, H) float32: the patch keys (k projection with its bias, unscaled) averaged over heads,
+    VisionZip's `raw_key_states.mean(1)`). Only the [CLS] row of the logits is formed (no N x N matrix).
+    """
+    h = layer_norm(x_btd, lw["attn_norm_scale"], lw["attn_norm_bias"], cfg.layer_norm_eps).astype(jnp.float32)
+    q = jnp.einsum("BD,DNH->BNH", h[:, 0], lw["wq"].astype(jnp.float32)) + lw["bq"].astype(jnp.float32)
+    k = jnp.einsum("BTD,DNH->BTNH", h, lw["wk"].astype(jnp.float32)) + lw["bk"].astype(jnp.float32)
+    logits = jnp.einsum("BNH,BTNH->BNT", q, k) / jnp.sqrt(jnp.float32(cfg.head_dim))
+    probs = jax.nn.softmax(logits, axis=-1)  # over all 1 + P keys, CLS included, as transformers does
+    return jnp.sum(probs, axis=1)[:, 1:], jnp.mean(k, axis=2)[:, 1:]
+
+
 def run_layers(layers: dict, x_btd: jax.Array, cfg: ClipVisionConfig) -> jax.Array:
     """Run a stack of encoder layers (leading axis L, possibly 0) under `lax.scan`."""
 

@@ -25,6 +25,7 @@ from jaxvlm.model import VLM, Embedded
 from jaxvlm.models import clip, decoder
 
 SECTION = "llava"
+VISION_CLS = True  # embed(..., vision_cls=True) provides Embedded.vision_cls / vision_keys (VisionZip)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,13 +180,41 @@ def prepare(cfg: LlavaConfig, input_ids, attention_mask=None, pixel_values=None,
 # ------------------------------------------------------------------------------------------ jittable
 
 
-def image_features(params: VLM, pixels_bchw: jax.Array) -> jax.Array:
-    """Vision tower at the feature layer(s) (CLS dropped for "default"), concatenated on D: (I, P, Dv*nL)."""
+def image_features(params: VLM, pixels_bchw: jax.Array, states=None) -> jax.Array:
+    """Vision tower at the feature layer(s) (CLS dropped for "default"), concatenated on D: (I, P, Dv*nL).
+
+    states: the tower's hidden states at `config.feature_layers` when already computed."""
     cfg = params.config
-    states = clip.hidden_states(params.weights["vision"], pixels_bchw, cfg.vision, cfg.feature_layers)
+    if states is None:
+        states = clip.hidden_states(params.weights["vision"], pixels_bchw, cfg.vision, cfg.feature_layers)
     if cfg.feature_strategy == "default":
         states = [s[:, 1:] for s in states]
     return jnp.concatenate(states, axis=-1) if len(states) > 1 else states[0]
+
+
+def vision_cls_stats(params: VLM, pixels_bchw: jax.Array, with_features: bool = False):
+    """VisionZip's per-patch inputs (clip.cls_attention) at the projector's feature layer: (I, P), (I, P, H);
+    with_features: (features (image_features), cls, keys) from one pass of the tower.
+
+    Layer choice: the feature layer is transformers' `hidden_states[j]` (j resolved, -2 -> num_layers - 1), the
+    output of encoder layer j - 1 (0-based); the attention used is the one INSIDE that layer, transformers'
+    `attentions[j - 1]` (for -2: `attentions[-2]`, exactly what VisionZip's clip_encoder reads next to
+    `hidden_states[-2]`). With several feature layers the deepest one is used. Patches only: for
+    `feature_strategy == "full"` the [CLS] token's own LLM slot gets 0.
+    """
+    cfg = params.config
+    j = max(clip.resolve_layers(cfg.feature_layers, cfg.vision.num_layers))
+    if j == 0:
+        raise ValueError("VisionZip needs an encoder layer's attention; vision_feature_layer 0 is the embeddings")
+    w = params.weights["vision"]
+    states = clip.hidden_states(w, pixels_bchw, cfg.vision, (j - 1,) + tuple(cfg.feature_layers))
+    cls, keys = clip.cls_attention(jax.tree.map(lambda a: a[j - 1], w["layers"]), states[0], cfg.vision)
+    if cfg.feature_strategy == "full":
+        cls = jnp.pad(cls, ((0, 0), (1, 0)))
+        keys = jnp.pad(keys, ((0, 0), (1, 0), (0, 0)))
+    if with_features:
+        return image_features(params, pixels_bchw, states=states[1:]), cls, keys
+    return cls, keys
 
 
 def project(params: VLM, feats: jax.Array) -> jax.Array:
@@ -199,17 +228,35 @@ def project(params: VLM, feats: jax.Array) -> jax.Array:
     return h + w["b2"] if "b2" in w else h
 
 
-def embed(params: VLM, batch: dict) -> Embedded:
-    """Token embeddings with the projected image features at the image-token positions."""
+def embed(params: VLM, batch: dict, vision_cls: bool = False) -> Embedded:
+    """Token embeddings with the projected image features at the image-token positions.
+
+    vision_cls: also fill `Embedded.vision_cls` / `vision_keys` (VisionZip; `vision_cls_stats`), 0 on text."""
     text_w = params.weights["text"]
     ids = jnp.asarray(batch["input_ids"])
     x = jnp.take(text_w["embed"], ids, axis=0)
     pixels = jnp.asarray(batch["pixel_values"])
+    stats = None
     if pixels.shape[0] > 0:
-        feats = project(params, image_features(params, pixels)).astype(x.dtype)
+        if vision_cls:  # one pass of the tower for the features and VisionZip's inputs
+            raw, *stats = vision_cls_stats(params, pixels, with_features=True)
+        else:
+            raw = image_features(params, pixels)
+        feats = project(params, raw).astype(x.dtype)
         flat = feats.reshape(-1, feats.shape[-1])
         idx = jnp.asarray(batch["feature_index"])
         x = jnp.where((idx >= 0)[..., None], jnp.take(flat, jnp.maximum(idx, 0), axis=0), x)
+    extra = {}
+    if vision_cls:
+        idx = jnp.asarray(batch["feature_index"])
+        if stats is not None:
+            cls, keys = stats
+            at = lambda a: jnp.take(a.reshape(-1, *a.shape[2:]), jnp.maximum(idx, 0), axis=0)  # noqa: E731
+            extra["vision_cls"] = jnp.where(idx >= 0, at(cls), 0.0)
+            extra["vision_keys"] = jnp.where((idx >= 0)[..., None], at(keys), 0.0)
+        else:
+            extra["vision_cls"] = jnp.zeros(idx.shape, jnp.float32)
+            extra["vision_keys"] = jnp.zeros(idx.shape + (params.config.vision.head_dim,), jnp.float32)
     return Embedded(
         embeds=x,
         positions=jnp.asarray(batch["positions"]),
@@ -220,4 +267,5 @@ def embed(params: VLM, batch: dict) -> Embedded:
         row=jnp.asarray(batch["row"]),
         col=jnp.asarray(batch["col"]),
         span_index=jnp.asarray(batch["span_index"]),
+        **extra,
     )

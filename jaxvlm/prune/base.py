@@ -62,6 +62,16 @@ class StageContext:
     pad: jax.Array  # bool: visual token that is a padding patch (all False when image sizes are unknown)
     embeds: jax.Array | None = None  # (B, T0, D) input embeddings of the original sequence (SparseVLM raters)
 
+    @property
+    def vision_cls(self) -> jax.Array | None:
+        """(B, T) vision-tower [CLS] attention per slot (VisionZip; None unless a stage has `needs_vision_cls`)."""
+        return self.state.vision_cls
+
+    @property
+    def vision_keys(self) -> jax.Array | None:
+        """(B, T, Dk) vision-tower keys per slot (VisionZip; None unless a stage has `needs_vision_cls`)."""
+        return self.state.vision_keys
+
 
 @struct.dataclass
 class Selection:

@@ -12,9 +12,13 @@ padding patches from their candidates).
   minimum cosine distance (1 - cos) to the chosen set is largest. Distances are computed against the chosen
   token of each step only (no N x N matrix).
 - VisionZip: CLIP layer -2 [CLS] attention picks D dominant tokens; the rest are merged into C contextual tokens
-  by key cosine similarity to evenly spaced targets. It needs the vision tower's [CLS] attention and keys, which
-  the engine's StageContext does not carry: `visionzip_select` is the pure function; the stage raises a clear
-  error unless the context provides `vision_cls` / `vision_keys`.
+  by key cosine similarity to evenly spaced targets. The stage sets `needs_vision_cls`, so the engine asks the
+  family's embed for `vision_cls` / `vision_keys` (LLaVA: jaxvlm.models.llava.vision_cls_stats, the attention
+  inside the encoder layer that outputs the feature layer) and StageContext exposes them. Families without a
+  [CLS] token (Qwen) get a clear error. Contextual tokens enter the LLM as the mean of the projected features of
+  their group (VisionZip averages CLIP features before the projector; the projector is not linear, so this is an
+  approximation). The [CLS] token itself is not an LLM token under LLaVA's "default" strategy, so D counts
+  patches only.
 """
 
 from __future__ import annotations
@@ -179,14 +183,16 @@ def divprune(keep: int | None = None, ratio: float | None = 0.098, layer: int = 
 # ------------------------------------------------------------------------------------------- VisionZip
 
 
-def visionzip_select(cls_attn: jax.Array, keys: jax.Array, cand: jax.Array, dominant: int, contextual: int):
+def visionzip_select(cls_attn: jax.Array, keys: jax.Array, cand: jax.Array, dominant: int, contextual: int,
+                     values: jax.Array | None = None):
     """VisionZip on one visual sequence per row.
 
     cls_attn (B, T): [CLS] attention to each token (summed over heads); keys (B, T, D) the tokens' keys;
     cand (B, T) the visual slots. Returns (slots (B, dominant + contextual) sorted, merged (B, T, D) float32 with
     each contextual target's slot holding the mean of itself and the tokens assigned to it, dominant slots
-    unchanged). Contextual targets: `contextual` evenly spaced (by rank in slot order) among the non-dominant
-    tokens; every other non-dominant token joins its most key-cosine-similar target.
+    unchanged); what is merged is `values` (B, T, E) when given, else the keys. Contextual targets: `contextual`
+    evenly spaced (by rank in slot order) among the non-dominant tokens; every other non-dominant token joins its
+    most key-cosine-similar target.
     """
     b, t = cand.shape
     dom = common.top_k_slots(cls_attn, cand, dominant)
@@ -203,7 +209,7 @@ def visionzip_select(cls_attn: jax.Array, keys: jax.Array, cand: jax.Array, domi
     sim = jnp.where(t_ok[:, None, :], sim, -jnp.inf)
     assign = jnp.argmax(sim, axis=-1)
     member = jax.nn.one_hot(assign, contextual, dtype=jnp.float32) * (rest & ~is_target)[:, :, None]
-    xk = keys.astype(jnp.float32)
+    xk = (keys if values is None else values).astype(jnp.float32)
     tx = common.gather_rows(xk, targets)
     merged_t = (tx + jnp.einsum("BTC,BTD->BCD", member, xk)) / (1.0 + jnp.sum(member, axis=1))[..., None]
     merged = scatter_rows(xk, targets, merged_t)
@@ -219,6 +225,7 @@ class VisionZip(common.TopKStage):
     contextual: int = 10
     attention_based = False
     score_layer = None
+    needs_vision_cls = True  # the engine asks the family's embed for vision_cls / vision_keys
 
     @property
     def keep(self) -> int:
@@ -230,17 +237,18 @@ class VisionZip(common.TopKStage):
     def score(self, ctx):
         cls = getattr(ctx, "vision_cls", None)
         if cls is None:
-            raise NotImplementedError("VisionZip needs the vision tower's [CLS] attention (StageContext.vision_cls),"
-                                      " which this engine does not provide; use prune.visionzip_select directly")
+            raise NotImplementedError("VisionZip needs the vision tower's [CLS] attention (StageContext.vision_cls);"
+                                      " only model families with a CLIP [CLS] token (LLaVA) provide it, not Qwen")
         return cls
 
     def select(self, ctx, scores):
         keys = getattr(ctx, "vision_keys", None)
         if keys is None:
             raise NotImplementedError("VisionZip needs StageContext.vision_keys")
-        slots, merged = visionzip_select(scores, keys, common.candidates(ctx.state), self.dominant, self.contextual)
-        # contextual tokens in the LLM are the merged projected features: average x with the same assignment
-        return Selection(slots=slots)
+        slots, merged = visionzip_select(scores, keys, common.candidates(ctx.state), self.dominant, self.contextual,
+                                         values=ctx.state.x)
+        # contextual tokens become the mean of their group's projected features; dominant ones are unchanged
+        return Selection(slots=slots, x=common.gather_rows(merged, slots))
 
 
 def visionzip(dominant: int = 54, contextual: int = 10) -> tuple[VisionZip]:
