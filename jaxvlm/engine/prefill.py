@@ -23,7 +23,7 @@ import numpy as np
 from jaxvlm.config import TextConfig
 from jaxvlm.engine import state as token_state
 from jaxvlm.engine.state import TokenState
-from jaxvlm.layers import apply_rope, attention_logits, causal_mask, rms_norm
+from jaxvlm.layers import attention_logits, causal_mask, rms_norm
 from jaxvlm.models import decoder
 
 # Static lower bounds of visual tokens per row are floored to multiples of this (fewer distinct programs).
@@ -129,23 +129,14 @@ def _layer_weights(layers, index: int) -> dict:
 def _rows_query(lw: dict, x_btd, positions_pbt, rows_br, cfg: TextConfig):
     """Queries (B, R, N, H) of the scoring rows: input norm, q projection (+bias), RoPE at the rows' positions."""
     xr = jnp.take_along_axis(x_btd, rows_br[:, :, None], axis=1)
-    pos = jnp.take_along_axis(positions_pbt, rows_br[None], axis=2)
-    cos, sin = decoder.rotary(pos, cfg)
-    h = rms_norm(xr, lw["attn_norm"], cfg.rms_norm_eps)
-    q = jnp.einsum("BRD,DNH->BRNH", h, lw["wq"])
-    if "bq" in lw:
-        q = q + lw["bq"]
-    return apply_rope(q, cos, sin)
+    cos, sin = decoder.rotary(jnp.take_along_axis(positions_pbt, rows_br[None], axis=2), cfg)
+    return decoder.project_q(lw, rms_norm(xr, lw["attn_norm"], cfg.rms_norm_eps), cos, sin)
 
 
 def _keys(lw: dict, x_btd, positions_pbt, cfg: TextConfig):
     """Post-RoPE keys (B, T, K, H) of one layer on hidden states entering it."""
     cos, sin = decoder.rotary(positions_pbt, cfg)
-    h = rms_norm(x_btd, lw["attn_norm"], cfg.rms_norm_eps)
-    k = jnp.einsum("BTD,DKH->BTKH", h, lw["wk"])
-    if "bk" in lw:
-        k = k + lw["bk"]
-    return apply_rope(k, cos, sin)
+    return decoder.project_k(lw, rms_norm(x_btd, lw["attn_norm"], cfg.rms_norm_eps), cos, sin)
 
 
 def _row_logits(lw, x_in, keys, state: TokenState, rows, cfg):

@@ -46,13 +46,16 @@ def project_q(lw: dict, h_btd: jax.Array, cos: jax.Array, sin: jax.Array) -> jax
     return apply_rope(q + lw["bq"] if "bq" in lw else q, cos, sin)
 
 
+def project_k(lw: dict, h_btd: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Keys (B, T, K, H) with RoPE from normed hidden states."""
+    k = jnp.einsum("BTD,DKH->BTKH", h_btd, lw["wk"])
+    return apply_rope(k + lw["bk"] if "bk" in lw else k, cos, sin)
+
+
 def project_kv(lw: dict, h_btd: jax.Array, cos: jax.Array, sin: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Keys with RoPE and values, (B, T, K, H) each, from normed hidden states."""
-    k = jnp.einsum("BTD,DKH->BTKH", h_btd, lw["wk"])
     v = jnp.einsum("BTD,DKH->BTKH", h_btd, lw["wv"])
-    if "bk" in lw:
-        k, v = k + lw["bk"], v + lw["bv"]
-    return apply_rope(k, cos, sin), v
+    return project_k(lw, h_btd, cos, sin), (v + lw["bv"] if "bv" in lw else v)
 
 
 def project_qkv(lw: dict, x_btd: jax.Array, cos: jax.Array, sin: jax.Array, cfg: TextConfig):
