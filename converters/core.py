@@ -40,10 +40,12 @@ from typing import Callable, Iterable, Iterator, Mapping
 import ml_dtypes
 import numpy as np
 
+from jaxvlm.errors import UserError
+
 DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError):
     """A checkpoint does not match the model its config describes (names the offending tensors)."""
 
 

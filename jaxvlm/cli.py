@@ -31,8 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"jaxvlm: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    from jaxvlm.errors import run_cli
+
     module = importlib.import_module(COMMANDS[name][0])
-    return int(module.main(rest) or 0)
+    return run_cli(f"jaxvlm {name}", module.main, rest)
 
 
 if __name__ == "__main__":

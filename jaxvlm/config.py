@@ -9,8 +9,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Iterable, Mapping
 
+from jaxvlm.errors import UserError
 
-class UnsupportedConfigError(ValueError):
+
+class UnsupportedConfigError(UserError):
     """A config attribute (or value) the port does not implement."""
 
 
