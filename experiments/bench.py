@@ -217,6 +217,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args(argv)
+    from jaxvlm.errors import UserError
+
+    try:
+        keeps = [int(k) for k in args.keeps.split(",") if k]
+    except ValueError:
+        raise UserError(f"--keeps {args.keeps!r}: expected comma-separated integers, e.g. 64,128") from None
+    if not all(0 < k <= N_VISUAL for k in keeps):
+        raise UserError(f"--keeps {args.keeps!r}: each budget must be in 1..{N_VISUAL}")
+    if args.tokens < N_VISUAL + 2:
+        raise UserError(f"--tokens {args.tokens}: the prompt holds {N_VISUAL} visual tokens, so needs >= {N_VISUAL + 2}")
+    if not 0 <= args.layer < LAYERS:
+        raise UserError(f"--layer {args.layer}: the bench model has layers 0..{LAYERS - 1}")
+    if args.reps < 1 or args.new < 1:
+        raise UserError(f"--reps {args.reps} and --new {args.new} must be at least 1")
 
     import jax
     import torch
@@ -225,7 +239,6 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    keeps = [int(k) for k in args.keeps.split(",") if k]
     model, weights, cfg = build_models()
     n_params = sum(int(np.prod(w.shape)) for w in jax.tree.leaves(weights))
     x, visual = make_prompt(weights, args.tokens)

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxvlm import debias
+from jaxvlm.errors import UserError
 
 
 def rank_correlation(x: np.ndarray, y: np.ndarray) -> float:
@@ -176,6 +177,32 @@ def plot_calibration(path, scores, pad_mask, positions, trend: debias.Trend, rep
     plt.close(fig)
 
 
+def read_npz(path: str):
+    """(scores (S, N), pad mask (S, N) or None, positions or None) from a calibration .npz; UserError naming
+    the file and array when something is missing, misshaped or not finite."""
+    try:
+        data = np.load(path)
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except (ValueError, OSError) as e:
+        raise UserError(f"{path}: not a readable .npz ({e})") from None
+    if not hasattr(data, "files") or "scores" not in data.files:
+        raise UserError(f"{path} has no 'scores' array (has {sorted(getattr(data, 'files', []))})")
+    scores = np.asarray(data["scores"], dtype=np.float64)
+    if scores.ndim != 2 or scores.shape[0] < 2:
+        raise UserError(f"{path}: 'scores' must be (samples >= 2, positions), got shape {scores.shape}")
+    mask = data["pad_mask"] if "pad_mask" in data.files else (data["valid"] if "valid" in data.files else None)
+    if mask is not None and mask.shape != scores.shape:
+        raise UserError(f"{path}: pad mask shape {mask.shape} != scores shape {scores.shape}")
+    valid = np.ones_like(scores, bool) if mask is None else np.asarray(mask) > 0
+    bad = ~np.isfinite(scores) & valid
+    if bad.any():
+        s, n = np.argwhere(bad)[0]
+        raise UserError(f"{path}: scores[{s}, {n}] = {scores[s, n]} is not finite ({int(bad.sum())} such entries)")
+    positions = data["positions"] if "positions" in data.files else None
+    return scores, mask, positions
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="jaxvlm calibrate", description=__doc__.split("\n\n")[0])
     ap.add_argument("npz", help="file with scores (S, N) [+ pad_mask/valid (S, N), positions]")
@@ -191,17 +218,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="trend.json")
     ap.add_argument("--plot", default=None, help="PNG path (default: --out with .png)")
     args = ap.parse_args(argv)
-    data = np.load(args.npz)
-    if "scores" not in data:
-        ap.error(f"{args.npz} has no 'scores' array (has {sorted(data.files)})")
-    mask = data["pad_mask"] if "pad_mask" in data else (data["valid"] if "valid" in data else None)
-    positions = data["positions"] if "positions" in data else None
-    trend, report = calibrate(data["scores"], mask, positions, family=args.family, loss=args.loss, degree=args.degree,
+    if not 0.0 <= args.holdout < 1.0:
+        raise UserError(f"--holdout {args.holdout}: must be in [0, 1)")
+    scores, mask, positions = read_npz(args.npz)
+    trend, report = calibrate(scores, mask, positions, family=args.family, loss=args.loss, degree=args.degree,
                               offset=args.offset, holdout=args.holdout, normalize=args.normalize, seed=args.seed)
     report["source"] = str(args.npz)
     Path(args.out).write_text(json.dumps(report, indent=1))
     png = args.plot or str(Path(args.out).with_suffix(".png"))
-    plot_calibration(png, data["scores"], mask, positions, trend, report, title=f"calibration: {args.npz}")
+    plot_calibration(png, scores, mask, positions, trend, report, title=f"calibration: {args.npz}")
     print(f"samples: {report['samples']} ({report['samples_fit']} fit, {report['samples_holdout']} held out), "
           f"{report['positions']} positions, {report['padding_excluded']} padding entries excluded")
     print(f"trend: {trend.family} {trend.params}  T(end)/T(0) = {report['ratio']:.3f}")

@@ -116,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        from jaxvlm.errors import UserError
+
+        raise UserError(f"--max-new-tokens {args.max_new_tokens}: must be at least 1")
 
     from jaxvlm import debias
 

@@ -1,4 +1,4 @@
-"""Attention debiasing for visual-token pruning (docs: ../shared/docs/METHOD.md): padding masks, padding
+"""Attention debiasing for visual-token pruning (docs/METHOD.md): padding masks, padding
 suppression, position detrending and the position trends they divide out.
 
 Axis letters: N images (media), G = grid*grid patches of one image, B batch, T tokens/slots, S samples.
@@ -15,7 +15,7 @@ Surface:
   pad_mask / pad_mask_sparsevlm / unpad_mask / make_pad_mask   per-image (..., grid*grid) {0,1} masks
   valid_mask, token_pad_flags                                  all-valid masks (Qwen), per-token flags
   suppress_padding(scores, pad_mask), detrend(scores, positions, trend)
-  Trend (exponential | polynomial | table; fit, from_weights), Trend2D (row x col), load_trend
+  Trend (exponential | polynomial | table; fit, from_weights), Trend2D (row x col), load_trend, as_trend
   release_trend(method, benchmark), release_weights_path, release_benchmarks   the release's 41 files
 
 Orientation: a *pad mask* is 1 (True) where a patch is VALID image content and 0 where it is padding, as in
@@ -29,6 +29,7 @@ import dataclasses
 import functools
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -632,12 +633,38 @@ def release_trend(method: str, benchmark: str | None = None) -> Trend:
 
 def load_trend(path_or_dict) -> Trend | Trend2D:
     """A trend from a JSON file or dict: `jaxvlm calibrate`'s output ({"trend": {...}}), a bare
-    {"family", "params"} dict, or {"row": {...}, "col": {...}} for a Trend2D."""
-    d = json.loads(Path(path_or_dict).read_text()) if isinstance(path_or_dict, (str, Path)) else dict(path_or_dict)
-    d = d.get("trend", d)
-    if "row" in d and "col" in d:
-        return Trend2D(Trend.from_dict(d["row"]), Trend.from_dict(d["col"]))
-    return Trend.from_dict(d)
+    {"family", "params"} dict, or {"row": {...}, "col": {...}} for a Trend2D. A bad file raises UserError
+    naming it."""
+    from jaxvlm.errors import UserError
+
+    where = os.fspath(path_or_dict) if isinstance(path_or_dict, (str, os.PathLike)) else "trend dict"
+    try:
+        if isinstance(path_or_dict, (str, os.PathLike)):
+            d = json.loads(Path(path_or_dict).read_text())
+        else:
+            d = dict(path_or_dict)
+        d = d.get("trend", d)
+        if "row" in d and "col" in d:
+            return Trend2D(Trend.from_dict(d["row"]), Trend.from_dict(d["col"]))
+        return Trend.from_dict(d)
+    except FileNotFoundError:
+        raise UserError(f"trend file {where} does not exist") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{where}:{e.lineno}: invalid JSON ({e.msg})") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise UserError(f"{where}: not a trend (expected {{'family', 'params'}}, a calibrate output with "
+                        f"'trend', or {{'row', 'col'}}): {e!r}") from None
+
+
+def as_trend(trend) -> Trend | Trend2D | None:
+    """`trend` as a Trend / Trend2D: passes those (and None) through, loads a JSON file path or a dict."""
+    if trend is None or isinstance(trend, (Trend, Trend2D)):
+        return trend
+    if isinstance(trend, (str, os.PathLike, dict)):
+        return load_trend(trend)
+    from jaxvlm.errors import UserError
+
+    raise UserError(f"trend={trend!r}: expected a debias.Trend / Trend2D, a trend JSON file or a dict")
 
 
 def build_trends_json(weights_dir: Path = WEIGHTS_DIR) -> dict:

@@ -11,8 +11,30 @@ image processor) is read from --processor (default: CHECKPOINT). --prune takes `
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+
+
+def status(message: str) -> None:
+    """A progress line on stderr (stdout carries only the answer)."""
+    print(f"[jaxvlm] {message} ...", file=sys.stderr, flush=True)
+
+
+def open_image(path: str):
+    """The RGB image at `path` as a uint8 (H, W, 3) array; UserError naming the file if it cannot be read."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    from jaxvlm.errors import UserError
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except FileNotFoundError:
+        raise UserError(f"--image {path}: no such file") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise UserError(f"--image {path}: not a readable image ({e})") from None
 
 
 def build_prompt(processor, prompt: str, template: str) -> str:
@@ -44,21 +66,27 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import numpy as np
-    from PIL import Image
 
     import jaxvlm
     from jaxvlm import prune
+    from jaxvlm.errors import UserError
 
-    try:
-        schedule = prune.parse_schedule(args.prune)
-    except (ValueError, TypeError) as e:
-        print(f"jaxvlm generate: {e}", file=sys.stderr)
-        return 2
-    params = jaxvlm.load(args.checkpoint, dtype=args.dtype)
+    # Everything the user gave is checked before the model is read.
+    schedule = prune.parse_schedule(args.prune)
+    if args.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens {args.max_new_tokens}: must be at least 1")
+    if not 0.0 < args.top_p <= 1.0 or args.temperature < 0.0:
+        raise UserError(f"--top-p {args.top_p} must be in (0, 1] and --temperature {args.temperature} >= 0")
+    for flag, path in (("CHECKPOINT", args.checkpoint), ("--processor", args.processor)):
+        if path is not None and not os.path.isdir(path):
+            raise UserError(f"{flag} {path}: no such directory")
+    image = open_image(args.image)
     processor = jaxvlm.Processor.from_pretrained(args.processor or args.checkpoint)
-    image = np.asarray(Image.open(args.image).convert("RGB"))
+    status(f"loading {args.checkpoint} ({args.dtype})")
+    params = jaxvlm.load(args.checkpoint, dtype=args.dtype, progress=True)
     inputs = processor(text=build_prompt(processor, args.prompt, args.template), images=[image])
     tok = processor.tokenizer
+    status("compiling and running (the first call for a shape bucket compiles its program)")
     start = time.perf_counter()
     out = jaxvlm.generate(params, **inputs, prune=schedule, max_new_tokens=args.max_new_tokens,
                           temperature=args.temperature, top_p=args.top_p, seed=args.seed,

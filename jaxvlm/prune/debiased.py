@@ -63,6 +63,7 @@ class Debiased:
     release_shift: bool = False
 
     def __post_init__(self):
+        object.__setattr__(self, "trend", debias.as_trend(self.trend))  # a JSON file path or dict loads here
         if self.recency and self.trend is None:
             raise ValueError("recency=True needs a trend (e.g. jaxvlm.debias.release_trend('fastv'))")
         if self.recency and not getattr(self.inner, "attention_based", True):

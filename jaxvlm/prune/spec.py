@@ -1,9 +1,14 @@
 """Schedules from command-line strings: `name[:key=value,...]`, e.g. `debiased_fastv:keep=64,setting="padding"`
-or `pdrop:layers=2/10/20,ratios=.32/.16/.08` (`/` separates tuple items; values are Python literals)."""
+or `pdrop:layers=2/10/20,ratios=.32/.16/.08` (`/` separates tuple items; values are Python literals).
+`trend=FILE` takes a trend JSON (`jaxvlm calibrate`'s output) wherever a trend is accepted."""
 
 from __future__ import annotations
 
 import ast
+
+from jaxvlm.errors import UserError
+
+PATH_ARGUMENTS = ("trend",)  # taken verbatim (a file path: its "/" are not tuple separators)
 
 
 def parse_schedule(spec: str | None):
@@ -17,14 +22,21 @@ def parse_schedule(spec: str | None):
     builders = dict(prune.METHODS)
     builders.update({n: getattr(prune, n) for n in dir(prune) if n.startswith("debiased_")})
     if name not in builders:
-        raise ValueError(f"unknown pruning method {name!r}; have none, {', '.join(sorted(builders))}")
+        raise UserError(f"--prune {spec!r}: unknown pruning method {name!r}; have none, "
+                        f"{', '.join(sorted(builders))}")
     kwargs = {}
     for item in filter(None, (s.strip() for s in rest.split(","))):
         key, eq, value = item.partition("=")
         if not eq:
-            raise ValueError(f"pruning argument {item!r} is not key=value")
-        kwargs[key.strip()] = _literal(value.strip())
-    sched = builders[name](**kwargs)
+            raise UserError(f"--prune {spec!r}: argument {item!r} is not key=value")
+        key = key.strip()
+        kwargs[key] = value.strip() if key in PATH_ARGUMENTS else _literal(value.strip())
+    try:
+        sched = builders[name](**kwargs)
+    except UserError as e:
+        raise UserError(f"--prune {spec!r}: {e}") from None
+    except (TypeError, ValueError) as e:  # unknown keyword, bad value: the builder's own message
+        raise UserError(f"--prune {spec!r}: {e}") from None
     return sched if isinstance(sched, tuple) else (sched,)
 
 
