@@ -192,6 +192,15 @@ def test_vqav2_reader_errors(tmp_path):
         vqav2.read(data, benchmark="vqav2", variant="qwen")
 
 
+def test_vqav2_other_llava_question_file(tmp_path):
+    data = fix.make_vqav2(tmp_path)
+    (data / "llava_vqav2_mscoco_test-dev2015.jsonl").rename(data / "llava_vqav2_mscoco_val2014.jsonl")
+    assert len(vqav2.read(data, benchmark="vqav2")) == 4  # the full test2015 file is never the question file
+    (data / "llava_vqav2_mscoco_val2014_b.jsonl").write_text("")
+    with pytest.raises(DataError, match="several other question files"):
+        vqav2.read(data, benchmark="vqav2")
+
+
 SMALL_VQAV2_TEXTS = ["Yes", "suit", "One", "Latte"]
 # yes x10 unanimous: "Yes" -> upload "yes" -> 1 | spacesuit/space suit: "suit" -> 0
 # 1 x9 + one (disagree, "one" -> "1"): "One" -> "1" matches all 10 -> 1 | coffee x8 + latte x2: "latte" -> 0.6

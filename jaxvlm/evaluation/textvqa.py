@@ -29,7 +29,7 @@ from jaxvlm.evaluation import parquet
 from jaxvlm.evaluation.base import DataError, Sample, ScoreResult, read_json
 from jaxvlm.evaluation.normalize import evalai_answer, soft_accuracy
 from jaxvlm.evaluation.vqa_common import (SHORT_ANSWER, answer_fields, check_variant, image_dir, llava_samples,
-                                          parquet_rows, parquet_samples, percent, pick_split, rows_by_id,
+                                          parquet_samples, percent, pick_split, rows_by_id,
                                           write_json)
 
 NAME = "textvqa"
@@ -61,7 +61,8 @@ def prompt_question(prompt: str) -> str:
     if prompt.startswith("OCR tokens: "):
         match = re.search(r"Question: (.*?) Short answer:", prompt, re.DOTALL)
         if match is None:
-            raise DataError(f"prompt {prompt[:60]!r} starts with 'OCR tokens: ' but has no 'Question: ... Short answer:'")
+            raise DataError(f"prompt {prompt[:60]!r} starts with 'OCR tokens: ' but lacks "
+                            "'Question: ... Short answer:'")
         question = match.group(1)
     elif OCR_LINE.lstrip("\n") in prompt and len(lines) == 3:
         question = lines[1] if prompt.startswith("Reference OCR token:") else lines[0]
@@ -108,7 +109,7 @@ def score(data_dir, answers, *, benchmark=NAME, out_dir=None, judge=None) -> Sco
         if out_dir is not None:
             result.artifacts["upload"] = write_json(out_dir, UPLOAD, upload)
         return result
-    rows = rows_by_id(parquet_rows(data_dir, split, ["question_id", "answers"]))
+    rows = rows_by_id(parquet.read_rows(data_dir, split, columns=["question_id", "answers"]))
     return _scored(answers, lambda qid, record, n: rows.get(qid), f"{data_dir} split {split} (by question_id)")
 
 

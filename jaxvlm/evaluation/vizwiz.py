@@ -24,7 +24,7 @@ from jaxvlm.evaluation import parquet
 from jaxvlm.evaluation.base import DataError, Sample, ScoreResult, read_jsonl, require_fields
 from jaxvlm.evaluation.normalize import evalai_answer, soft_accuracy
 from jaxvlm.evaluation.vqa_common import (SHORT_ANSWER, UNANSWERABLE, answer_fields, check_variant, image_dir,
-                                          llava_samples, parquet_rows, parquet_samples, percent, pick_split,
+                                          llava_samples, parquet_samples, percent, pick_split,
                                           rows_by_id, strip_suffix, texts_by_id, write_json)
 
 NAME = "vizwiz"
@@ -64,9 +64,9 @@ def score(data_dir, answers, *, benchmark=NAME, out_dir=None, judge=None) -> Sco
     split = pick_split(data_dir, SPLITS)
     if split != ANNOTATED_SPLIT:
         questions = [(source, row["question_id"], f"{row['question_id']}.jpg")
-                     for source, row in parquet_rows(data_dir, split, ["question_id"])]
+                     for source, row in parquet.read_rows(data_dir, split, columns=["question_id"])]
         return _upload(answers, questions, out_dir)
-    rows = rows_by_id(parquet_rows(data_dir, split, ["question_id", "answers"]))
+    rows = rows_by_id(parquet.read_rows(data_dir, split, columns=["question_id", "answers"]))
     per_question = []
     for n, record in enumerate(answers):
         qid, text = answer_fields(record, n)

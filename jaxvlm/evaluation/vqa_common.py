@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
 from jaxvlm.evaluation import parquet
 from jaxvlm.evaluation.base import DataError, Sample, check_media, read_jsonl, require_fields
@@ -56,16 +56,11 @@ def pick_split(data_dir: str | os.PathLike, splits: tuple[str, ...]) -> str:
     raise DataError(f"{data_dir}: no parquet shard for any of the splits {list(splits)}")
 
 
-def parquet_rows(data_dir, split: str, columns: list[str]) -> Iterator[tuple[str, dict]]:
-    """("shard:row", row) of `split`, reading only `columns` (the image column only when asked for)."""
-    return parquet.read_rows(data_dir, split, columns=columns)
-
-
 def parquet_samples(data_dir, split: str, columns: list[str], prompt: Callable[[dict, str], str]) -> list[Sample]:
     """One Sample per row of `split`: its `question_id`, `prompt(row, source)` and the embedded `image` bytes
     (a `question` column must hold strings)."""
     samples = []
-    for source, row in parquet_rows(data_dir, split, ["question_id", "image", *columns]):
+    for source, row in parquet.read_rows(data_dir, split, columns=["question_id", "image", *columns]):
         if "question" in row and not isinstance(row["question"], str):
             raise DataError(f"{source}: `question` must be a string, got {row['question']!r}")
         samples.append(Sample(line=len(samples), question_id=row["question_id"], prompt=prompt(row, source),

@@ -3,7 +3,8 @@ annotations exist, and the EvalAI upload JSON.
 
 Layouts read:
 - LLaVA-1.5 `vqav2/`: `llava_vqav2_mscoco_test-dev2015.jsonl` (`{"question_id", "image", "text"}`, the `text`
-  already ending in the short-answer instruction), images in `test2015/` (or `image_folder`). Annotations in
+  already ending in the short-answer instruction; without it, the folder's one other `llava_vqav2_*.jsonl`, e.g.
+  a val split in LLaVA's format), images in `test2015/` (or `image_folder`). Annotations in
   the VQA release format (`*annotations*.json`, e.g. `v2_mscoco_val2014_annotations.json`:
   `{"annotations": [{"question_id", "answer_type", "answers": [{"answer", "answer_confidence", "answer_id"}]}]}`)
   placed in the folder score the questions they cover (a val-format question file needs no questions JSON:
@@ -28,7 +29,7 @@ from jaxvlm.evaluation import parquet
 from jaxvlm.evaluation.base import DataError, Sample, ScoreResult, read_json, read_jsonl, require_fields
 from jaxvlm.evaluation.normalize import evalai_answer, vqa_accuracy
 from jaxvlm.evaluation.vqa_common import (SHORT_ANSWER, answer_fields, check_variant, image_dir, llava_samples,
-                                          parquet_rows, parquet_samples, percent, pick_split, strip_suffix,
+                                          parquet_samples, percent, pick_split, strip_suffix,
                                           texts_by_id, write_json)
 
 NAME = "vqav2"
@@ -48,9 +49,24 @@ def read(data_dir, *, benchmark=NAME, image_folder=None, variant="llava") -> lis
     if parquet.is_parquet_dataset(data_dir):
         return parquet_samples(data_dir, pick_split(data_dir, SPLITS), ["question"],
                                lambda row, source: row["question"] + SHORT_ANSWER)
-    prompt = (lambda text: text) if variant == "llava" else (lambda text: strip_suffix(text, SHORT_ANSWER)
-                                                              + SHORT_ANSWER)
-    return llava_samples(Path(data_dir) / QUESTION_FILE, image_dir(data_dir, image_folder, IMAGE_DIR), prompt)
+    prompt = _lmms_prompt if variant == "lmms" else (lambda text: text)
+    return llava_samples(question_file(Path(data_dir)), image_dir(data_dir, image_folder, IMAGE_DIR), prompt)
+
+
+def question_file(data_dir: Path) -> Path:
+    """The test-dev question file, else the folder's one other `llava_vqav2_*.jsonl` (not the full test2015)."""
+    if (data_dir / QUESTION_FILE).is_file():
+        return data_dir / QUESTION_FILE
+    others = sorted(p for p in data_dir.glob("llava_vqav2_*.jsonl") if p.name != TEST_FILE)
+    if len(others) != 1:
+        raise DataError(f"{data_dir / QUESTION_FILE}: no such file"
+                        + (f" (and several other question files: {[p.name for p in others]})" if others else ""))
+    return others[0]
+
+
+def _lmms_prompt(text: str) -> str:
+    """The question file's question + lmms-eval's post prompt (the same short-answer line LLaVA appends)."""
+    return strip_suffix(text, SHORT_ANSWER) + SHORT_ANSWER
 
 
 def score(data_dir, answers, *, benchmark=NAME, out_dir=None, judge=None) -> ScoreResult:
@@ -58,9 +74,9 @@ def score(data_dir, answers, *, benchmark=NAME, out_dir=None, judge=None) -> Sco
     if parquet.is_parquet_dataset(data_dir):
         split = pick_split(data_dir, SPLITS)
         if split == ANNOTATED_SPLIT:
-            rows = parquet_rows(data_dir, split, ["question_id", "answers", "answer_type"])
+            rows = parquet.read_rows(data_dir, split, columns=["question_id", "answers", "answer_type"])
             return _scored(answers, {row["question_id"]: _checked(row, source) for source, row in rows})
-        test_ids = [row["question_id"] for _, row in parquet_rows(data_dir, split, ["question_id"])]
+        test_ids = [row["question_id"] for _, row in parquet.read_rows(data_dir, split, columns=["question_id"])]
         return _unscored(answers, test_ids, out_dir)
     annotations = _annotations(Path(data_dir))
     result = _scored(answers, annotations) if annotations else _unscored(answers, [], None)
