@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import given, strategies as st
 
 from evalfix import choice_judge as cj
 from jaxvlm.errors import MissingExtraError
@@ -66,6 +67,20 @@ def test_mmvet_export_and_aggregate(tmp_path):
     assert judged.per_question == pytest.approx([1.0, 0.55, 0.0, 0.25, 0.95])
 
 
+@given(st.lists(st.lists(st.sampled_from(["rec", "ocr", "know", "gen", "spat", "math"]), min_size=1, max_size=3,
+                         unique=True), min_size=1, max_size=12),
+       st.sampled_from([0.0, 0.3, 0.5, 1.0]), st.integers(1, 3))
+def test_mmvet_constant_grade_scores_it_everywhere(capabilities, grade, runs):
+    metrics = mmvet.aggregate({f"v1_{k}": c for k, c in enumerate(capabilities)},
+                              {f"v1_{k}": [grade] * runs for k in range(len(capabilities))})
+    expected = round(100 * grade, 1)
+    assert metrics["total"] == pytest.approx(expected) and metrics["std"] == 0.0
+    assert metrics["runs"] == pytest.approx([expected] * runs)
+    assert set(metrics["capabilities"]) == {c for caps in capabilities for c in caps}
+    assert all(v == pytest.approx(expected) for v in [*metrics["capabilities"].values(),
+                                                      *metrics["capability_sets"].values()])
+
+
 def test_mmvet_parquet(tmp_path):
     data = cj.make_mmvet_parquet(tmp_path)
     samples = mmvet.read(data)
@@ -107,6 +122,12 @@ def test_frame_indices():
     assert video.frame_indices(12).tolist() == [0, 1, 3, 4, 6, 7, 9, 11]
     assert video.frame_indices(100).tolist() == [0, 14, 28, 42, 56, 70, 84, 99]
     assert video.frame_indices(3).tolist() == [0, 0, 0, 0, 1, 1, 1, 2]
+
+
+@given(st.integers(1, 5000))
+def test_frame_indices_span_the_video(n):
+    idx = video.frame_indices(n)
+    assert idx.shape == (8,) and idx[0] == 0 and idx[-1] == n - 1 and (np.diff(idx) >= 0).all()
 
 
 def test_load_frames_samples_the_photo_video(tmp_path):

@@ -5,7 +5,7 @@ opencompass tools/eval_mmbench.py and LLaVA's model_vqa_mmbench.py / convert_mmb
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import assume, given, strategies as st
 
 from evalfix import choice_judge as cj
 from jaxvlm.evaluation import DataError, benchmark
@@ -55,6 +55,24 @@ def test_infer_text(answer, choices, letter):
 @given(st.sampled_from("ABCD"), st.sampled_from(["", ".", ",", ":", ")"]))
 def test_a_lone_letter_in_any_form_is_read(letter, suffix):
     assert mmbench.infer_letter(letter + suffix) == letter
+
+
+words = st.text(alphabet="abcdefghijklmnopqrstuvwxyz", min_size=2, max_size=8)
+
+
+@given(st.lists(words, min_size=2, max_size=4, unique=True), st.data())
+def test_an_answer_quoting_one_option_reads_as_it(options, data):
+    assume(not any(a != b and a in b for a in options for b in options))  # that case is unresolved (above)
+    k = data.draw(st.integers(0, len(options) - 1))
+    assert mmbench.infer(options[k].upper(), dict(zip("ABCD", options))) == "ABCD"[k]
+
+
+@given(st.lists(st.tuples(st.sampled_from("ABCD"), st.sampled_from(["A", "B", "C", "D", "E", None])),
+                min_size=1, max_size=4), st.randoms())
+def test_circular_group_ignores_row_order(verdicts, rng):
+    shuffled = list(verdicts)
+    rng.shuffle(shuffled)
+    assert mmbench.circular_group(shuffled) == mmbench.circular_group(verdicts)
 
 
 # ------------------------------------------------------------------------------------------- prompts
