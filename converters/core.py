@@ -25,12 +25,19 @@ Resolution picks, per rule, the first layout whose key exists in the checkpoint,
 produced by partial re-saves) load. Before any tensor data is read, every problem is collected and raised at
 once as a ConversionError naming missing, unexpected and wrongly shaped tensors.
 
-Readers give `keys()`, `shape(key)` and `get(key) -> np.ndarray`: SafetensorsReader (a directory with one
-file or a sharded index, read tensor by tensor through `safe_open`) and DictReader (an in-memory state dict).
+Readers give `keys()`, `shape(key)`, `get(key) -> np.ndarray` and `where(key)` (the file a tensor is in, for
+error messages): SafetensorsReader (a directory with one file or a sharded index, read tensor by tensor
+through `safe_open`; every unreadable header, shard or index raises a ConversionError naming the file) and
+DictReader (an in-memory state dict).
+
+Non-finite weights (NaN / Inf) are refused by default, naming the tensor and its file: one
+`np.isfinite(t).all()` per tensor as it is read (a trained checkpoint never has them; a corrupt or
+badly-quantised one silently turns every answer into garbage). `allow_nonfinite=True` loads them anyway.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -39,6 +46,7 @@ from typing import Callable, Iterable, Iterator, Mapping
 
 import ml_dtypes
 import numpy as np
+from safetensors import SafetensorError, safe_open
 
 from jaxvlm.errors import UserError
 
@@ -46,7 +54,21 @@ DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat
 
 
 class ConversionError(UserError):
-    """A checkpoint does not match the model its config describes (names the offending tensors)."""
+    """A checkpoint does not match the model its config describes, or cannot be read (names the offending
+    tensors or file)."""
+
+
+def read_json(path: str) -> object:
+    """The parsed JSON file `path`; a ConversionError naming the file (and line) if it is unreadable or invalid."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ConversionError(f"{path}: invalid JSON at line {e.lineno} column {e.colno} ({e.msg})") from None
+    except UnicodeDecodeError as e:
+        raise ConversionError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise ConversionError(f"{path}: cannot read ({e.strerror or e})") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +127,8 @@ def unflatten(flat: Mapping[str, object]) -> dict:
 class DictReader:
     """An in-memory state dict (numpy arrays or torch tensors) as a reader."""
 
+    source = "state dict"
+
     def __init__(self, state: Mapping[str, object]):
         self._state = state
 
@@ -113,6 +137,9 @@ class DictReader:
 
     def shape(self, key: str) -> tuple[int, ...]:
         return tuple(self._state[key].shape)
+
+    def where(self, key: str) -> str:
+        return self.source
 
     def get(self, key: str) -> np.ndarray:
         t = self._state[key]
@@ -129,33 +156,52 @@ class SafetensorsReader:
     set of `*.safetensors` files. Tensors are read one at a time (`safe_open`, memory-mapped)."""
 
     def __init__(self, directory: str):
-        from safetensors import safe_open
-
-        self._safe_open = safe_open
-        self.directory = directory
-        index = sorted(f for f in os.listdir(directory) if f.endswith(".safetensors.index.json"))
-        if index:
-            with open(os.path.join(directory, index[0])) as f:
-                weight_map = json.load(f)["weight_map"]
-            files = sorted(set(weight_map.values()))
-            missing = [f for f in files if not os.path.exists(os.path.join(directory, f))]
-            if missing:
-                raise ConversionError(f"{directory}: shard file(s) {missing} named by {index[0]} do not exist")
-        else:
-            files = sorted(f for f in os.listdir(directory) if f.endswith(".safetensors"))
-            if not files:
-                raise ConversionError(f"{directory}: no *.safetensors files (and no index) found")
+        self.directory = self.source = directory
+        files = self._files()
         self._key_file: dict[str, str] = {}
         self._shapes: dict[str, tuple[int, ...]] = {}
         self._dtypes: dict[str, str] = {}
         for fname in files:
-            with safe_open(os.path.join(directory, fname), "np") as f:
-                for k in f.keys():
-                    sl = f.get_slice(k)
-                    self._key_file[k] = fname
-                    self._shapes[k] = tuple(sl.get_shape())
-                    self._dtypes[k] = sl.get_dtype()
+            with self._reading(fname, "header"):
+                with safe_open(os.path.join(directory, fname), "np") as f:
+                    for k in f.keys():
+                        sl = f.get_slice(k)
+                        self._key_file[k] = fname
+                        self._shapes[k] = tuple(sl.get_shape())
+                        self._dtypes[k] = sl.get_dtype()
         self._handles: dict[tuple[str, str], object] = {}
+
+    def _files(self) -> list[str]:
+        """The safetensors files: those an index names (all must exist), else every *.safetensors file."""
+        directory = self.directory
+        index = sorted(f for f in os.listdir(directory) if f.endswith(".safetensors.index.json"))
+        if not index:
+            files = sorted(f for f in os.listdir(directory) if f.endswith(".safetensors"))
+            if not files:
+                raise ConversionError(f"{directory}: no *.safetensors files (and no index) found")
+            return files
+        index_file = os.path.join(directory, index[0])
+        weight_map = read_json(index_file)
+        weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise ConversionError(f"{index_file}: not a safetensors index (no \"weight_map\" of tensor -> file)")
+        files = sorted(set(weight_map.values()))
+        missing = [f for f in files if not os.path.isfile(os.path.join(directory, f))]
+        if missing:
+            raise ConversionError(f"{index_file}: shard file(s) {missing} named by the index do not exist")
+        return files
+
+    @contextlib.contextmanager
+    def _reading(self, fname: str, what: str):
+        """Re-raise a failed read of `fname` as a ConversionError naming the file."""
+        try:
+            yield
+        except OSError as e:
+            raise ConversionError(f"{os.path.join(self.directory, fname)}: cannot read the {what} "
+                                  f"({e.strerror or e})") from None
+        except SafetensorError as e:
+            raise ConversionError(f"{os.path.join(self.directory, fname)}: invalid safetensors {what} "
+                                  f"(truncated or corrupt file?): {e}") from None
 
     def keys(self) -> list[str]:
         return list(self._key_file)
@@ -165,14 +211,18 @@ class SafetensorsReader:
 
     def _handle(self, fname: str, framework: str):
         if (fname, framework) not in self._handles:
-            self._handles[(fname, framework)] = self._safe_open(os.path.join(self.directory, fname), framework)
+            self._handles[(fname, framework)] = safe_open(os.path.join(self.directory, fname), framework)
         return self._handles[(fname, framework)]
+
+    def where(self, key: str) -> str:
+        return os.path.join(self.directory, self._key_file[key])
 
     def get(self, key: str) -> np.ndarray:
         fname = self._key_file[key]
-        if self._dtypes[key] == "BF16":  # numpy has no bfloat16: read it through the JAX framework
-            return np.asarray(self._handle(fname, "flax").get_tensor(key))
-        return self._handle(fname, "np").get_tensor(key)
+        with self._reading(fname, f"data of tensor {key}"):
+            if self._dtypes[key] == "BF16":  # numpy has no bfloat16: read it through the JAX framework
+                return np.asarray(self._handle(fname, "flax").get_tensor(key))
+            return self._handle(fname, "np").get_tensor(key)
 
     def close(self) -> None:
         self._handles.clear()
@@ -205,14 +255,12 @@ def plan(table: Table, shapes: Mapping, reader) -> Plan:
         per_layer = target[1:] if rule.stacked else target
         if int(np.prod(rule.hf_shape)) != int(np.prod(per_layer)):
             raise ConversionError(f"rule {path}: hf_shape {rule.hf_shape} cannot become {per_layer} (table bug)")
-        chosen = None
-        for template in rule.keys:
-            names = [template.format(i=i) for i in range(n)]
-            if names[0] in available:
-                chosen = names
-                break
-        if chosen is None:
-            missing.append(rule.keys[0].format(i=0) + (f" (and layers 1..{n - 1})" if n > 1 else ""))
+        # The layout with the most of this rule's tensors present (the first on ties): a tensor missing from
+        # one layer is reported once, as missing, and its other layers are not "unexpected".
+        candidates = [[template.format(i=i) for i in range(n)] for template in rule.keys]
+        chosen = max(candidates, key=lambda names: sum(k in available for k in names))
+        if not any(k in available for k in chosen):
+            missing.append(chosen[0] + (f" (and layers 1..{n - 1})" if n > 1 else ""))
             continue
         missing.extend(k for k in chosen if k not in available)
         wrong_shape.extend(
@@ -231,7 +279,7 @@ def plan(table: Table, shapes: Mapping, reader) -> Plan:
     if wrong_shape:
         problems.append(f"wrongly shaped tensor(s): {wrong_shape}")
     if problems:
-        raise ConversionError("checkpoint does not match its config:\n  " + "\n  ".join(problems))
+        raise ConversionError(f"{reader.source}: checkpoint does not match its config: " + "; ".join(problems))
     return Plan(sources=sources, rules={p: rules[p] for p in targets}, shapes=targets)
 
 
@@ -246,36 +294,63 @@ def to_hf(rule: Rule, x: np.ndarray) -> np.ndarray:
     return a if rule.perm is None else np.transpose(a, np.argsort(rule.perm))
 
 
-def iter_convert(table: Table, shapes: Mapping, reader, dtype: str = "float32") -> Iterator[tuple[str, np.ndarray]]:
+def check_finite(key: str, a: np.ndarray, where: str) -> None:
+    """Raise ConversionError if the floating-point tensor `a` holds a NaN or an Inf (counts them)."""
+    if a.dtype.kind in "biu" or np.isfinite(a).all():
+        return
+    nan, inf = int(np.isnan(a).sum()), int(np.isinf(a).sum())
+    raise ConversionError(f"tensor {key} in {where} has {nan} NaN and {inf} Inf value(s) of {a.size}; refusing "
+                          "to load a corrupt checkpoint (allow_nonfinite=True / --allow-nonfinite loads it anyway)")
+
+
+def iter_convert(table: Table, shapes: Mapping, reader, dtype: str = "float32", allow_nonfinite: bool = False,
+                 on_read: Callable[[str], None] = lambda key: None) -> Iterator[tuple[str, np.ndarray]]:
     """Yield (path, array) per weight leaf, each filled tensor by tensor into a preallocated buffer.
 
     Only one leaf is held at a time, so a caller that moves each leaf away (device_put, write) never holds
-    a second full copy of the model in host memory.
+    a second full copy of the model in host memory. Every problem `plan` finds is raised here, before the
+    first tensor is read; each tensor is checked for NaN / Inf as it is read unless `allow_nonfinite`, and
+    `on_read(key)` is called after each.
     """
+    return _fill(plan(table, shapes, reader), reader, _np_dtype(dtype), allow_nonfinite, on_read)
+
+
+def _np_dtype(dtype: str) -> np.dtype:
     if dtype not in DTYPES:
-        raise ValueError(f"dtype {dtype!r} is not supported (have {sorted(DTYPES)})")
-    np_dtype = DTYPES[dtype]
-    p = plan(table, shapes, reader)
+        raise UserError(f"dtype {dtype!r} is not supported (have {sorted(DTYPES)})")
+    return DTYPES[dtype]
+
+
+def _fill(p: Plan, reader, np_dtype, allow_nonfinite: bool, on_read) -> Iterator[tuple[str, np.ndarray]]:
+    def read(key: str) -> np.ndarray:
+        a = reader.get(key)
+        if not allow_nonfinite:
+            check_finite(key, a, reader.where(key))
+        on_read(key)
+        return a
+
     for path, target in p.shapes.items():
         rule, keys = p.rules[path], p.sources[path]
         buf = np.empty(target, dtype=np_dtype)
         if rule.stacked:
             for i, k in enumerate(keys):
-                buf[i] = to_jax(rule, reader.get(k), target[1:]).astype(np_dtype)
+                buf[i] = to_jax(rule, read(k), target[1:]).astype(np_dtype)
         else:
-            buf[...] = to_jax(rule, reader.get(keys[0]), target).astype(np_dtype)
+            buf[...] = to_jax(rule, read(keys[0]), target).astype(np_dtype)
         yield path, buf
 
 
 def convert(table: Table, shapes: Mapping, reader, dtype: str = "float32",
-            place: Callable[[np.ndarray], object] = lambda a: a, progress: bool = False) -> dict:
-    """The nested weights dict; `place` maps each finished numpy leaf (e.g. to a jax.Array)."""
-    items = iter_convert(table, shapes, reader, dtype)
-    if progress:
-        from tqdm import tqdm
+            place: Callable[[np.ndarray], object] = lambda a: a, progress: bool = False,
+            allow_nonfinite: bool = False, desc: str = "converting") -> dict:
+    """The nested weights dict; `place` maps each finished numpy leaf (e.g. to a jax.Array). `progress`
+    shows a bar labelled `desc` on stderr, one step per HF tensor read, once the checkpoint matched."""
+    from tqdm import tqdm
 
-        items = tqdm(items, total=len(flatten(shapes)), desc="converting", unit="tensor")
-    return unflatten({path: place(a) for path, a in items})
+    np_dtype, p = _np_dtype(dtype), plan(table, shapes, reader)
+    with tqdm(total=sum(map(len, p.sources.values())), desc=desc, unit="tensor", disable=not progress) as bar:
+        items = _fill(p, reader, np_dtype, allow_nonfinite, on_read=lambda key: bar.update())
+        return unflatten({path: place(a) for path, a in items})
 
 
 def export(table: Table, weights: Mapping, layout: str) -> Iterable[tuple[str, np.ndarray]]:

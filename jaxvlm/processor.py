@@ -64,8 +64,11 @@ def detect_family(path: str) -> str:
                   or _read(path, "processor_config.json").get("image_processor", {}).get("image_processor_type", ""))
     if image_proc.startswith("Qwen2VLImageProcessor"):
         return "qwen2_vl"
-    raise ValueError(f"{path}: cannot tell which processor this is (no processor_class / model_type of "
-                     f"{sorted(PROCESSOR_FAMILIES)} / {sorted(MODEL_TYPE_FAMILIES)})")
+    from jaxvlm.errors import UserError
+
+    raise UserError(f"{path}: no processor found (no processor_class / model_type of {sorted(PROCESSOR_FAMILIES)}"
+                    f" / {sorted(MODEL_TYPE_FAMILIES)}); pass --processor DIR (the original Hugging Face checkpoint "
+                    "or a processor directory), e.g. for a checkpoint converted without its tokenizer files")
 
 
 def _image_only(cls):

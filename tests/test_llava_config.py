@@ -108,7 +108,6 @@ def test_unknown_config_attribute_is_refused_by_name(where):
     (lambda d: d["text_config"].update(rope_scaling={"rope_type": "yarn", "factor": 2.0}), "yarn"),
     (lambda d: d["text_config"].update(mlp_bias=True), "mlp_bias"),
     (lambda d: d.update(projector_hidden_act="relu6_squared"), "relu6_squared"),
-    (lambda d: d.update(image_seq_length=577), "image_seq_length"),
 ])
 def test_unsupported_values_are_refused(change, match):
     d = real_7b()

@@ -95,9 +95,8 @@ def parse_config(d: Mapping[str, Any]) -> LlavaConfig:
         feature_strategy=strategy, pad_token_id=d.get("pad_token_id"),
         hf_json=json.dumps(dict(d), sort_keys=True, default=str),
     )
-    seq = d.get("image_seq_length")
-    require(SECTION, seq is None or int(seq) == cfg.tokens_per_image,
-            f"image_seq_length {seq} != {cfg.tokens_per_image} tokens per image implied by the vision config")
+    # `image_seq_length` is not checked: transformers' model never reads it (it is a processor setting, often
+    # left at 576 under strategy "full"); `prepare` checks the image tokens actually in input_ids instead.
     return cfg
 
 
