@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from jaxvlm import evaluation
-from jaxvlm.evaluation import gqa, mme, pope, scienceqa
+from jaxvlm.evaluation import base, gqa, mme, pope, scienceqa, store
 from jaxvlm.evaluation.base import DataError
 
 THIRD, TWO_THIRDS = 100 / 3, 200 / 3
@@ -336,6 +336,24 @@ def test_scienceqa_reader(layouts):
     assert samples[0].image is None and samples[0].extra == {"prompt": samples[0].prompt}
     lmms = scienceqa.read(layouts["scienceqa"], benchmark="scienceqa", variant="lmms")
     assert [s.prompt for s in lmms] == [s.prompt for s in samples]  # the fixture's file is built the same way
+
+
+def test_scienceqa_answers_lines_carry_the_image_token_and_resume(layouts, tmp_path):
+    samples = scienceqa.read(layouts["scienceqa"], benchmark="scienceqa")
+    lines = [base.answer_record(s, t, "m", f"a{s.line}") for s, t in zip(samples, SQA_CASES[0][0])]
+    assert [r["prompt"].startswith("<image>\n") for r in lines] == [False, True, True, False, True]
+    assert list(lines[1]) == list(base.ANSWER_FIELDS)  # LLaVA's fields, in LLaVA's order
+    assert scienceqa.score(layouts["scienceqa"], lines).metrics == approx({"accuracy": 40.0, "img_accuracy": THIRD})
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text('{"model_type": "llava"}')
+    identity = store.run_identity(model=str(tmp_path / "model"), dtype="float32", schedule=None, variant="llava",
+                                  max_new_tokens=scienceqa.MAX_NEW_TOKENS, benchmark="scienceqa",
+                                  data=str(layouts["scienceqa"]))
+    path = tmp_path / "answers.jsonl"
+    with store.AnswerStore(path, identity, samples) as answers:
+        answers.append(lines[:3])
+    with store.AnswerStore(path, identity, samples) as answers:  # resumes after the image questions' lines
+        assert answers.done == 3
 
 
 @pytest.mark.parametrize("texts, right, accuracy, img_accuracy", SQA_CASES)

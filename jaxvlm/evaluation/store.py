@@ -202,7 +202,8 @@ class AnswerStore:
                     raise UserError(f"{where}: more answers than the {len(self.samples)} questions; "
                                     "rerun with --overwrite")
                 sample = self.samples[n - 1]
-                if record.get("question_id") != sample.question_id or record.get("prompt") != sample.prompt:
+                written = sample.extra.get("prompt", sample.prompt)  # answer_record's (ScienceQA: "<image>\n" + ...)
+                if record.get("question_id") != sample.question_id or record.get("prompt") != written:
                     raise UserError(f"{where}: answers question {record.get('question_id')!r} but line {n} of "
                                     f"the questions is {sample.question_id!r} ({sample.source}); the question "
                                     "file changed: rerun with --overwrite")
