@@ -84,7 +84,7 @@ def read(data_dir, *, benchmark=NAME, image_folder=None, variant="llava") -> lis
     return samples
 
 
-def _check(benchmark: str, variant: str) -> None:
+def _check(benchmark: str, variant: str = "llava") -> None:
     if benchmark not in QUESTION_FILES:
         raise DataError(f"mmbench.py serves {', '.join(QUESTION_FILES)}, not {benchmark!r}")
     if variant not in VARIANTS:
@@ -258,12 +258,12 @@ def circular_group(verdicts: list[tuple[str, str | None]]) -> int | None:
 
 def score(data_dir, answers, *, benchmark=NAME, out_dir=None, judge=None) -> ScoreResult:
     """CircularEval with exact matching per group; the upload sheet under `out_dir`."""
-    _check(benchmark, "llava")
+    _check(benchmark)
     if judge is not None:
         raise DataError(f"{benchmark} takes no judge file: the groups the GPT matcher would settle are listed in "
                         "`unresolved`")
     rows = _rows(data_dir, benchmark)
-    check_answer_count(answers, len(rows), rows[0]["_at"].rsplit(":", 1)[0] if rows else str(data_dir))
+    check_answer_count(answers, len(rows), str(data_dir))
     texts = []
     for n, (row, record) in enumerate(zip(rows, answers)):
         if record.get("question_id") != row["index"]:
