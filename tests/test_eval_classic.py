@@ -408,3 +408,12 @@ def test_scienceqa_reader_errors(tmp_path):
     question_file.write_text('[\n  {"id": "4",\n')
     with pytest.raises(DataError, match=r"llava_test_CQM-A\.json:3: invalid JSON"):
         scienceqa.read(data, benchmark="scienceqa")
+
+
+def test_json_array_lines(tmp_path):
+    path = tmp_path / "a.json"
+    path.write_text('\n\n[{"id": "1"},\n {"id": "2",\n  "x": [1,\n 2]}, {"id": "3"}]')
+    assert scienceqa.json_array(path) == [(3, {"id": "1"}), (4, {"id": "2", "x": [1, 2]}), (6, {"id": "3"})]
+    path.write_text('[{"id": "1"}, 5]')
+    with pytest.raises(DataError, match=r"a\.json:1: expected a JSON object, got int"):
+        scienceqa.json_array(path)

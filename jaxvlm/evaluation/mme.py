@@ -54,9 +54,7 @@ def read(data_dir, *, benchmark: str = NAME, image_folder=None, variant: str = "
     if parquet.is_parquet_dataset(data_dir):
         samples = []
         for source, row in _rows(data_dir, with_images=True):
-            question = row["question"]
-            if not isinstance(question, str):
-                raise DataError(f"{source}: `question` must be a string, got {question!r}")
+            question = _question(row, source)
             stem = (question.strip().replace(YES_NO, "") if variant == "lmms"
                     else question.replace(YES_NO, "").strip())
             samples.append(Sample(line=len(samples), question_id=row["question_id"], prompt=stem + SHORT_ANSWER,
@@ -68,6 +66,12 @@ def read(data_dir, *, benchmark: str = NAME, image_folder=None, variant: str = "
 def _rows(data_dir, with_images: bool):
     columns = ["question_id", "question", "answer"] + (["image"] if with_images else [])
     return parquet.read_rows(data_dir, SPLIT, columns=columns)
+
+
+def _question(row: dict, source: str) -> str:
+    if not isinstance(row["question"], str) or not isinstance(row["question_id"], str):
+        raise DataError(f"{source}: `question` and `question_id` must be strings")
+    return row["question"]
 
 
 def ground_truth(data_dir) -> dict[tuple[str, str, str], str]:
@@ -88,8 +92,8 @@ def ground_truth(data_dir) -> dict[tuple[str, str, str], str]:
                         gt[(category_dir.name, path.name, fields[0])] = fields[1]
         return gt
     if not (Path(data_dir) / QUESTION_FILE).is_file() and parquet.is_parquet_dataset(data_dir):
-        return {_key(row["question_id"], row["question"].strip()): row["answer"]
-                for _, row in _rows(data_dir, with_images=False)}
+        return {_key(row["question_id"], _question(row, source).strip()): row["answer"]
+                for source, row in _rows(data_dir, with_images=False)}
     raise DataError(f"{data_dir}: no MME ground truth ({BENCHMARK_DIR}/ or an lmms-eval MME parquet dataset)")
 
 

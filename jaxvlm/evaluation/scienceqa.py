@@ -79,24 +79,8 @@ def read(data_dir, *, benchmark: str = NAME, image_folder=None, variant: str = "
     if question_file.is_file():
         images = image_dir(data_dir, image_folder, IMAGE_DIR)
         problems = _problems(data_dir) if variant == "lmms" else None
-        samples = []
-        for n, record in json_array(question_file):
-            source = f"{question_file}:{n}"
-            pid, value = _human_turn(record, source)
-            if problems is not None:
-                if pid not in problems:
-                    raise DataError(f"{source}: problem {pid!r} is not in {PROBLEMS_FILE}")
-                p = problems[pid]
-                prompt = lmms_prompt(p["question"], p["choices"], p.get("hint"))
-            else:
-                prompt = value.replace(IMAGE_TOKEN, "").strip() + INSTRUCTION
-            image = None
-            if "image" in record:
-                if not isinstance(record["image"], str):
-                    raise DataError(f"{source}: `image` must be a string, got {record['image']!r}")
-                image = check_media(images / record["image"], source)
-            samples.append(_sample(len(samples), pid, prompt, image, source))
-        return samples
+        return [_llava_sample(n, record, f"{question_file}:{line}", images, problems)
+                for n, (line, record) in enumerate(json_array(question_file))]
     if parquet.is_parquet_dataset(data_dir):
         samples = []
         for source, row in _rows(data_dir, with_images=True):
@@ -106,6 +90,23 @@ def read(data_dir, *, benchmark: str = NAME, image_folder=None, variant: str = "
             samples.append(_sample(len(samples), len(samples), prompt, image, source))
         return samples
     raise DataError(f"{data_dir}: neither LLaVA's {QUESTION_FILE} nor an lmms-eval ScienceQA parquet dataset")
+
+
+def _llava_sample(line: int, record: dict, source: str, images: Path, problems: dict | None) -> Sample:
+    """One llava_test_CQM-A.json record; `problems` (problems.json) given for the lmms variant's prompt."""
+    pid, value = _human_turn(record, source)
+    if problems is None:
+        prompt = value.replace(IMAGE_TOKEN, "").strip() + INSTRUCTION
+    elif pid in problems:
+        prompt = lmms_prompt(problems[pid]["question"], problems[pid]["choices"], problems[pid].get("hint"))
+    else:
+        raise DataError(f"{source}: problem {pid!r} is not in {PROBLEMS_FILE}")
+    image = None
+    if "image" in record:
+        if not isinstance(record["image"], str):
+            raise DataError(f"{source}: `image` must be a string, got {record['image']!r}")
+        image = check_media(images / record["image"], source)
+    return _sample(line, pid, prompt, image, source)
 
 
 def _human_turn(record: dict, source: str) -> tuple[str, str]:
@@ -134,7 +135,8 @@ def json_array(path) -> list[tuple[int, dict]]:
         raise DataError(f"{path}: expected a JSON array")
     text = Path(path).read_text(encoding="utf-8")
     decoder, separator = json.JSONDecoder(), re.compile(r"[\s,]*")
-    pos, line, out = text.index("[") + 1, 1, []
+    pos = text.index("[") + 1
+    line, out = 1 + text.count("\n", 0, pos), []
     for element in data:
         start = separator.match(text, pos).end()
         line += text.count("\n", pos, start)
