@@ -300,6 +300,17 @@ def test_mme_errors(layouts):
         mme.score(layouts["mme"], [dict(records[0], prompt="Is this a dog?")] + records[1:])
 
 
+def test_mme_reader_and_ground_truth_errors(tmp_path):
+    data = fx.make_mme(tmp_path)
+    (data / "MME_Benchmark_release_version" / "artwork" / "images" / "14777.jpg").unlink()
+    with pytest.raises(DataError, match=r"llava_mme\.jsonl:19: media file .*artwork/images/14777\.jpg"):
+        mme.read(data, benchmark="mme")
+    txt = data / "MME_Benchmark_release_version" / "count" / "000000040205.txt"
+    txt.write_text(txt.read_text() + "Are there three persons in the image? Yes\n")  # no tab
+    with pytest.raises(DataError, match=r"000000040205\.txt:3: expected `question<TAB>answer`"):
+        mme.score(data, [])
+
+
 def test_mme_parquet(layouts):
     samples = mme.read(layouts["mme_parquet"], benchmark="mme")
     assert samples[3].prompt == "Is there a cat in this image?\nAnswer the question using a single word or phrase."
