@@ -1,21 +1,30 @@
 """Checkpoint conversion of LLaVA: every HF key layout (single file and sharded), float32 / bfloat16, orbax
-round trip, `python -m converters`, and clear errors that leave nothing half-written."""
+round trip, `python -m converters`, clear errors that leave nothing half-written, progress, copied processor
+files and the safe-destination rules (the user-facing cases are in tests/bad_inputs/convert.py)."""
 
 from __future__ import annotations
 
 import copy
 import json
 import os
+import shutil
 
 import jax
+import ml_dtypes
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 from safetensors.numpy import save_file
 
+import jaxvlm
 from converters import ConversionError, export, table_for
 from converters.__main__ import main as convert_main
+from converters.core import flatten
 from jaxvlm import io
+from jaxvlm.models import llava
 from jaxvlm.config import UnsupportedConfigError
 from llava_reference import hf_config_dict, to_jax, torch_model
 
@@ -237,3 +246,132 @@ def test_float16_hub_checkpoint(reference, tmp_path):
     leaves_equal(io.load(path).weights, expect)
     loaded16 = io.load(path, dtype="bfloat16")
     leaves_equal(loaded16.weights, jax.tree.map(lambda a: a.astype("bfloat16"), expect))
+
+
+# ------------------------------------------------------------------ progress, processor files, safe writes
+
+
+def test_load_progress_names_the_path(reference, tmp_path, capsys):
+    """`load(progress=True)`: a per-tensor bar "loading PATH" for HF directories, one line for orbax restores."""
+    _, params, _, path = reference
+    io.load(path, progress=True)
+    err = capsys.readouterr().err
+    n = sum(a.shape[0] if "/layers/" in p else 1 for p, a in flatten(params.weights).items())
+    assert f"loading {path}" in err and f"{n}/{n}" in err
+    io.save(params, str(tmp_path / "saved"))
+    io.load(str(tmp_path / "saved"), progress=True)
+    assert capsys.readouterr().err == f"loading {tmp_path / 'saved'} (orbax checkpoint)\n"
+    io.load(str(tmp_path / "saved"))
+    assert capsys.readouterr().err == ""
+
+
+def test_converted_checkpoint_carries_its_processor(reference, tmp_path):
+    """A real LLaVA processor saved beside the weights is copied by convert, and the converted directory
+    tokenizes exactly like the source (so generate / eval need no --processor)."""
+    from experiments.assets import llava_processor_dir
+
+    _, _, _, path = reference
+    src = tmp_path / "src"
+    shutil.copytree(path, src)
+    llava_processor_dir(src)
+    assert convert_main([str(src), str(tmp_path / "dst"), "--quiet"]) == 0
+    text = "USER: <image>\nWhat is in the picture? ASSISTANT:"
+    image = np.zeros((40, 60, 3), np.uint8)
+    a = jaxvlm.Processor.from_pretrained(src)(text=text, images=[image])
+    b = jaxvlm.Processor.from_pretrained(tmp_path / "dst")(text=text, images=[image])
+    assert sorted(a) == sorted(b)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_missing_layer_is_reported_once(reference):
+    """A tensor missing from one layer is missing (once); missing from all layers, one line for all."""
+    from converters.core import DictReader, plan
+
+    _, params, _, _ = reference
+    t = _hub_tensors(params)
+    del t["language_model.model.layers.1.self_attn.k_proj.weight"]
+    for k in [k for k in t if k.endswith("mlp.fc1.weight")]:
+        del t[k]
+    shapes = llava.weight_shapes(params.config)
+    with pytest.raises(ConversionError) as e:
+        plan(table_for(params.config), shapes, DictReader(t))
+    msg = str(e.value)
+    assert "'language_model.model.layers.1.self_attn.k_proj.weight'" in msg
+    assert "'vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight (and layers 1..1)'" in msg
+    assert "unexpected" not in msg and msg.count("k_proj") == 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(hnp.arrays(st.sampled_from([np.float32, np.float16]), hnp.array_shapes(max_dims=3, max_side=5),
+                  elements=st.sampled_from([0.0, 1.5, -2.0, np.nan, np.inf, -np.inf])))
+def test_check_finite_counts_nan_and_inf(a):
+    from converters.core import check_finite
+
+    for x in (a, a.astype(ml_dtypes.bfloat16)):
+        nan, inf = int(np.isnan(a).sum()), int(np.isinf(a).sum())
+        if nan + inf == 0:
+            check_finite("t", x, "f")
+        else:
+            with pytest.raises(ConversionError, match=rf"tensor t in f has {nan} NaN and {inf} Inf value\(s\) of"):
+                check_finite("t", x, "f")
+    check_finite("ids", np.arange(3), "f")  # integer tensors hold no NaN
+
+
+def test_leftovers_of_dead_runs_only(tmp_path):
+    """Dead runs' work dirs go (an `.old-` copy whose destination vanished is put back); live runs', other
+    hosts' and unrelated hidden dirs stay."""
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+
+    def work(name, kind, pid, host=None):
+        p = io.work_dir(str(tmp_path / name), kind, pid=pid)
+        if host is not None:
+            p = p.replace(f".{kind}-{io._host()}-", f".{kind}-{host}-")
+        os.mkdir(p)
+        (tmp_path / p / "f").write_text(name)
+        return os.path.basename(p)
+
+    os.mkdir(tmp_path / "present")
+    gone = [work("a", "partial", dead_pid), work("present", "old", dead_pid)]
+    restored = work("vanished", "old", dead_pid)
+    kept = [work("b", "partial", os.getppid()), work("c", "partial", dead_pid, host="elsewhere"),
+            work("d", "partial", os.getpid())]
+    os.mkdir(tmp_path / ".d.partial-unrelated")
+    assert sorted(io.remove_leftovers(str(tmp_path))) == sorted(gone + [restored])
+    assert sorted(os.listdir(tmp_path)) == sorted(kept + [".d.partial-unrelated", "present", "vanished"])
+    assert (tmp_path / "vanished" / "f").read_text() == "vanished"
+
+
+def test_failed_swap_puts_the_old_copy_back(reference, tmp_path, monkeypatch):
+    _, params, _, _ = reference
+    dst = tmp_path / "dst"
+    io.save(params, str(dst))
+    before = sorted(os.listdir(dst))
+    real_rename, calls = os.rename, []
+
+    def rename(a, b):
+        calls.append(b)
+        if len(calls) == 2:  # the new copy into place
+            raise OSError("device busy")
+        real_rename(a, b)
+
+    monkeypatch.setattr(io.os, "rename", rename)
+    with pytest.raises(OSError, match="device busy"):
+        io.save(params, str(dst), overwrite=True)
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == ["dst"] and sorted(os.listdir(dst)) == before
+
+
+def test_destination_rules(tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert io.prepare_destination(str(tmp_path / "empty"), overwrite=True) == str(tmp_path / "empty")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(io.DestinationError, match="file exists and is not a jaxvlm directory"):
+        io.prepare_destination(str(tmp_path / "file"), overwrite=True)
+    with pytest.raises(io.DestinationError, match="empty exists; pass overwrite=True"):
+        io.prepare_destination(str(tmp_path / "empty"))
+    assert io.prepare_destination(str(tmp_path / "a"), src=str(tmp_path / "ab")) == str(tmp_path / "a")
