@@ -80,10 +80,12 @@ def test_gqa_repeated_id_keeps_last_line_and_unbalanced_needs_no_answer(layouts)
     assert result.metrics == pytest.approx({"accuracy": TWO_THIRDS, "binary": TWO_THIRDS, "open": TWO_THIRDS})
 
 
-def test_gqa_every_balanced_question_needs_a_prediction(layouts):
+def test_gqa_every_balanced_question_needs_a_prediction(layouts, tmp_path):
     records = answers_for(layouts["gqa"], "gqa", GQA_TEXTS)
     with pytest.raises(DataError, match="2062325"):
-        gqa.score(layouts["gqa"], records[:3] + records[4:])
+        gqa.score(layouts["gqa"], records[:3] + records[4:], out_dir=tmp_path)
+    # the converter's file is written first (as convert_gqa_for_eval.py runs before eval.py fails)
+    assert len(json.loads((tmp_path / "testdev_balanced_predictions.json").read_text())) == 6
     with pytest.raises(DataError, match="201307251"):  # eval.py's ids are strings: an int id matches nothing
         gqa.score(layouts["gqa"], [dict(records[0], question_id=201307251)] + records[1:])
 

@@ -105,9 +105,12 @@ def score(data_dir, answers: list[dict], *, benchmark: str = NAME, out_dir=None,
     """eval.py's Accuracy / Binary / Open (percent) over the balanced questions; per answers line 1.0 / 0.0, or
     None where the line is not scored (unknown or unbalanced question, or an earlier line of a repeated id).
     Writes `testdev_balanced_predictions.json` (convert_gqa_for_eval.py's output) under `out_dir`."""
-    questions = annotations(data_dir)
     predictions = [{"questionId": qid, "prediction": prediction(text)}
                    for qid, text in (answer_fields(a, n) for n, a in enumerate(answers))]
+    artifacts = {}
+    if out_dir is not None:  # convert_gqa_for_eval.py runs before eval.py: written even if eval.py then fails
+        artifacts["predictions"] = write_json(out_dir, PREDICTIONS_FILE, predictions)
+    questions = annotations(data_dir)
     last_line = {p["questionId"]: n for n, p in enumerate(predictions)}
     missing = [qid for qid, q in questions.items() if q.balanced and qid not in last_line]
     if missing:
@@ -121,9 +124,6 @@ def score(data_dir, answers: list[dict], *, benchmark: str = NAME, out_dir=None,
             per_question[n] = float(predictions[n]["prediction"] == q.answer)
             (open_ if q.structural == "query" else binary).append(per_question[n])
     metrics = {"accuracy": _percent(binary + open_), "binary": _percent(binary), "open": _percent(open_)}
-    artifacts = {}
-    if out_dir is not None:
-        artifacts["predictions"] = write_json(out_dir, PREDICTIONS_FILE, predictions)
     return ScoreResult(metrics=metrics, per_question=per_question, artifacts=artifacts)
 
 
