@@ -290,10 +290,11 @@ def test_mme_parse_reads_only_four_characters(answer, tail):
     assert mme.yes_no(answer) == mme.yes_no(answer[:4] + tail)
 
 
-def test_mme_errors(layouts):
+def test_mme_errors(layouts, tmp_path):
     records = answers_for(layouts["mme"], "mme", mme_gold())
     with pytest.raises(DataError, match="code_reasoning"):
-        mme.score(layouts["mme"], records[:-2])
+        mme.score(layouts["mme"], records[:-2], out_dir=tmp_path)
+    assert len(list((tmp_path / "eval_tool" / "answers" / "tiny-llava").glob("*.txt"))) == 13  # converter ran
     with pytest.raises(DataError, match="count: 1 answers, an odd number"):
         mme.score(layouts["mme"], records[:4] + records[5:])
     with pytest.raises(DataError, match="answers line 2: .*tab or line break"):

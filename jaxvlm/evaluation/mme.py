@@ -171,6 +171,9 @@ def score(data_dir, answers: list[dict], *, benchmark: str = NAME, out_dir=None,
     """`perception`, `cognition` (points) and `subtasks` {name: {acc, acc_plus, score}} (acc, acc+ in percent);
     per answers line 1.0 / 0.0. Writes the eval_tool answer files under `out_dir`."""
     results = convert(answers, ground_truth(data_dir))
+    artifacts = {}
+    if out_dir is not None:  # the converter's files, written before calculation.py reads (or fails on) them
+        artifacts["eval_tool_answers"] = export(results, out_dir, experiment_name(answers))
     missing = [c for c in PERCEPTION + COGNITION if c not in results]
     if missing:
         raise DataError(f"answers have no line of MME subtask(s) {missing}: calculation.py needs all 14")
@@ -182,7 +185,4 @@ def score(data_dir, answers: list[dict], *, benchmark: str = NAME, out_dir=None,
             per_question[line[4]] = value
     metrics = {"perception": sum(subtasks[c]["score"] for c in PERCEPTION),
                "cognition": sum(subtasks[c]["score"] for c in COGNITION), "subtasks": subtasks}
-    artifacts = {}
-    if out_dir is not None:
-        artifacts["eval_tool_answers"] = export(results, out_dir, experiment_name(answers))
     return ScoreResult(metrics=metrics, per_question=per_question, artifacts=artifacts)
