@@ -99,6 +99,9 @@ def test_llava_prompts_and_answer_fields(tmp_path):
     assert [s.question_id for s in samples] == [1, 2, 3, 4]
     assert [s.source.rsplit(":", 1)[1] for s in samples] == ["2", "3", "4", "5"]
     assert samples[0].image.startswith(b"\x89PNG")
+    tsv = data / "mmbench_dev_20230712.tsv"
+    tsv.write_bytes(b"\xef\xbb\xbf" + tsv.read_bytes())              # a byte-order mark is not part of `index`
+    assert [s.prompt for s in mmbench.read(data, benchmark="mmbench")] == [s.prompt for s in samples]
     lmms = mmbench.read(data, benchmark="mmbench", variant="lmms")
     assert lmms[0].prompt == ("Look closely. Which animal? There are several options:\nA. cat\nB. dog\nC. bird\n"
                               "D. fish\n\nAnswer with the option's letter from the given choices directly.")
@@ -226,6 +229,9 @@ def test_reader_errors(tmp_path):
         mmbench.read(path.parent, benchmark="mmbench")
     path.write_text("\n".join([lines[0], lines[1], "7\tQ?"]) + "\n")
     with pytest.raises(DataError, match=r"tsv:3: 2 tab-separated fields, the header has 14"):
+        mmbench.read(path.parent, benchmark="mmbench")
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes().replace(b"Q?", b"Q\xff?", 1))
+    with pytest.raises(DataError, match=r"mmbench_dev_20230712.tsv: not UTF-8 text"):
         mmbench.read(path.parent, benchmark="mmbench")
     with pytest.raises(DataError, match=r"mmbench_dev_cn_20231003.tsv: no such file"):
         mmbench.read(tmp_path / "nothing", benchmark="mmbench_cn")

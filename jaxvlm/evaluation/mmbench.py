@@ -117,8 +117,15 @@ def _question_file(data_dir: Path, benchmark: str) -> Path:
 def read_tsv(path: Path) -> list[dict]:
     """The rows of an MMBench tsv: pandas-NA cells as None, the rest as text (`_at` = "file:line")."""
     csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))  # base64 image cells exceed the default
+    try:
+        return _tsv_rows(path)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def _tsv_rows(path: Path) -> list[dict]:
     rows = []
-    with open(path, encoding="utf-8", newline="") as f:
+    with open(path, encoding="utf-8-sig", newline="") as f:  # pandas drops a byte-order mark too
         reader = csv.reader(f, delimiter="\t")
         header = next(reader, None)
         if not header or "index" not in header or "question" not in header:
