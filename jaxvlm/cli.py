@@ -1,4 +1,5 @@
-"""`jaxvlm <command>`: each command lives in the module that owns it and exposes `main(argv)`."""
+"""`jaxvlm <command>`: each command lives in the module that owns it and exposes `main(argv)` (or the function
+named after `module:`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ COMMANDS = {
     "demo": ("experiments.demo", "offline demo: unpruned vs FastV vs debiased FastV on real photos"),
     "convert": ("converters.__main__", "convert a Hugging Face checkpoint directory to jaxvlm's format"),
     "generate": ("jaxvlm.engine.cli", "generate text for an image + prompt with an optional pruning schedule"),
-    "eval": ("experiments.evaluate", "evaluate pruning schedules on a benchmark file"),
+    "eval": ("jaxvlm.evaluation.cli:eval_main", "answer a standard benchmark under pruning schedules (resumable)"),
+    "score": ("jaxvlm.evaluation.cli:score_main", "score an answers file as the benchmark's official script does"),
     "calibrate": ("experiments.calibrate", "fit a position trend (recency bias) on calibration samples"),
     "analyze": ("experiments.analyze", "measure and plot attention bias (position trend, padding sink)"),
     "bench": ("experiments.bench", "prefill/decode timing and FLOPs, jaxvlm vs transformers, pruned vs not"),
@@ -33,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from jaxvlm.errors import run_cli
 
-    module = importlib.import_module(COMMANDS[name][0])
-    return run_cli(f"jaxvlm {name}", module.main, rest)
+    module, _, function = COMMANDS[name][0].partition(":")
+    return run_cli(f"jaxvlm {name}", getattr(importlib.import_module(module), function or "main"), rest)
 
 
 if __name__ == "__main__":

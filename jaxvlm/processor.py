@@ -30,16 +30,19 @@ PROCESSOR_FAMILIES = {
 MODEL_TYPE_FAMILIES = {"llava": "llava", "qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_5_vl"}
 
 
-# LLaVA-1.5's conversation template (vicuna_v1), the one the pruning papers evaluate with.
+# LLaVA-1.5's conversation template (conv_vicuna_v1 of llava/conversation.py), the one its evaluation scripts
+# and the pruning papers use.
 LLAVA_SYSTEM = (
-    "A chat between a curious human and an artificial intelligence assistant. "
-    "The assistant gives helpful, detailed, and polite answers to the human's questions."
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
 )
 
 
-def llava_prompt(question: str, image_token: str = "<image>") -> str:
-    """One-image LLaVA-1.5 prompt: system, then `USER: <image>\n{question} ASSISTANT:`."""
-    return f"{LLAVA_SYSTEM} USER: {image_token}\n{question} ASSISTANT:"
+def llava_prompt(question: str, image_token: str | None = "<image>") -> str:
+    """LLaVA-1.5 prompt: system, then `USER: <image>\n{question} ASSISTANT:` (image_token=None: a text-only
+    question, `USER: {question} ASSISTANT:`, as LLaVA's ScienceQA loader builds it)."""
+    image = f"{image_token}\n" if image_token is not None else ""
+    return f"{LLAVA_SYSTEM} USER: {image}{question} ASSISTANT:"
 
 
 def _read(path: str, name: str) -> dict:

@@ -27,9 +27,8 @@ def make(root, n: int = 7, text_only: int | None = 3) -> Path:
         image = f"{name}.png"
         if not (root / "images" / image).exists():
             Image.fromarray(assets.photo(name)).save(root / "images" / image)
-        # question ids repeat (as TextVQA's image ids do); text lengths vary so batches sort
-        rec = {"question_id": f"img{i // 2}", "text": f"Is there a {name}?" + " Describe it." * (i % 3)
-               + "\nAnswer the question using a single word or phrase."}
+        # question ids repeat (as TextVQA's image ids do); text lengths vary (one length bucket) so batches sort
+        rec = {"question_id": f"img{i // 2}", "text": f"Is there a {name}?" + " Yes" * (i % 3)}
         if i != text_only:
             rec["image"] = image
         lines.append(rec)

@@ -1,0 +1,169 @@
+"""`jaxvlm eval` and `jaxvlm score`: the evaluation harness's command line (API.md "Evaluation").
+
+    jaxvlm eval BENCH --data DIR --model CKPT --prune SPEC [SPEC ...] --out DIR [--batch-size N] [--limit N]
+    jaxvlm score BENCH --data DIR --answers FILE [--json OUT]
+
+`jaxvlm eval` answers every question of BENCH under each schedule (the model loaded once) into
+`OUT/BENCH/<schedule>/answers.jsonl` (LLaVA's answers format; resumable, tied to its run in
+`answers.jsonl.run.json`), then writes OUT/summary.{md,json,png} over everything under OUT.
+`jaxvlm score` scores any answers file in LLaVA's format as the benchmark's official script does and prints
+{"benchmark", "metrics", "per_question", "artifacts"} as one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import sys
+from pathlib import Path
+
+from jaxvlm.errors import UserError
+
+
+def _bench_names() -> list[str]:
+    from jaxvlm.evaluation import BENCHMARKS
+
+    return list(BENCHMARKS)
+
+
+def _existing_dir(flag: str, path: str | None) -> None:
+    if path is not None and not os.path.isdir(path):
+        raise UserError(f"{flag} {path}: no such directory")
+
+
+def _with_release_trend(spec: str, benchmark: str) -> str:
+    """A debiased preset whose trend is per benchmark gets this benchmark's (unless the spec names one)."""
+    from jaxvlm import prune
+
+    name, sep, rest = spec.partition(":")
+    builder = getattr(prune, name.strip(), None) if name.strip().startswith("debiased_") else None
+    if builder is None or "benchmark" not in inspect.signature(builder).parameters:
+        return spec
+    if "benchmark=" in rest or "trend=" in rest or benchmark not in _image_benchmarks():
+        return spec
+    return f"{name}:{rest},benchmark={benchmark}" if rest.strip() else f"{name}:benchmark={benchmark}"
+
+
+def _image_benchmarks() -> set[str]:
+    from jaxvlm.evaluation import BENCHMARKS
+
+    return {b for b, mod in BENCHMARKS.items() if not mod.endswith(".video")}
+
+
+def parse_schedules(specs: list[str], benchmark: str) -> list[tuple[str, object]]:
+    """[(spec, schedule)] for every --prune spec, all validated before anything is loaded."""
+    from jaxvlm import prune
+    from jaxvlm.evaluation.runner import schedule_slug
+
+    out, slugs = [], {}
+    for spec in specs:
+        full = _with_release_trend(spec, benchmark)
+        try:
+            schedule = prune.parse_schedule(full)
+        except UserError:
+            raise
+        except (ValueError, TypeError) as e:
+            raise UserError(f"--prune {spec!r}: {e}") from None
+        slug = schedule_slug(spec)
+        if slug in slugs:
+            raise UserError(f"--prune {spec!r} and {slugs[slug]!r} write the same folder {slug!r}; give each once")
+        slugs[slug] = spec
+        out.append((spec, schedule))
+    return out
+
+
+def _mesh_size(value: str | None) -> int | None:
+    if value is None:
+        return None
+    axes = dict(item.partition("=")[::2] for item in value.split(","))
+    if set(axes) != {"data"} or not axes["data"].isdigit() or int(axes["data"]) < 1:
+        raise UserError(f"--mesh {value!r}: expected data=N (data parallelism over N devices of each process)")
+    return int(axes["data"])
+
+
+def eval_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="jaxvlm eval", description=__doc__.split("\n\n")[1].splitlines()[0])
+    p.add_argument("benchmark", metavar="BENCH", choices=_bench_names(), help=", ".join(_bench_names()))
+    p.add_argument("--data", required=True, help="the benchmark's folder (LLaVA eval layout, Video-LLaVA "
+                   "GPT_Zero_Shot_QA/<set>, or a local lmms-eval parquet dataset)")
+    p.add_argument("--model", required=True, help="Hugging Face or jaxvlm checkpoint directory")
+    p.add_argument("--prune", nargs="+", default=["none"], metavar="SPEC",
+                   help="one or more schedules: none | METHOD[:k=v,...] | debiased_METHOD[:...]")
+    p.add_argument("--out", required=True, help="results folder (OUT/BENCH/<schedule>/answers.jsonl)")
+    p.add_argument("--processor", help="processor directory (default: --model)")
+    p.add_argument("--batch-size", type=int, default=None, help="rows per batch (default: 8 per device)")
+    p.add_argument("--limit", type=int, default=None, help="answer only the first N questions")
+    p.add_argument("--skip-bad", action="store_true", help="record undecodable media as skipped answers")
+    p.add_argument("--overwrite", action="store_true", help="start the answers files over")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default: LLaVA-1.5's for the benchmark")
+    p.add_argument("--image-folder", default=None, help="images folder (default: the layout's standard one)")
+    p.add_argument("--variant", choices=("llava", "lmms"), default="llava", help="prompts as LLaVA-1.5 or lmms-eval")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16")
+    p.add_argument("--mesh", default=None, help="data=N: data-parallel over N devices (default: all)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+
+    from jaxvlm.evaluation import runner, summary
+
+    _existing_dir("--data", args.data)
+    _existing_dir("--model", args.model)
+    _existing_dir("--processor", args.processor)
+    _existing_dir("--image-folder", args.image_folder)
+    for flag, value in (("--batch-size", args.batch_size), ("--limit", args.limit),
+                        ("--max-new-tokens", args.max_new_tokens)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} {value}: must be at least 1")
+    job = runner.EvalJob(
+        benchmark=args.benchmark, data=args.data, model=args.model,
+        schedules=parse_schedules(args.prune, args.benchmark), out=args.out, processor=args.processor,
+        batch_size=args.batch_size, limit=args.limit, skip_bad=args.skip_bad, overwrite=args.overwrite,
+        max_new_tokens=args.max_new_tokens, image_folder=args.image_folder, variant=args.variant,
+        dtype=args.dtype, mesh_size=_mesh_size(args.mesh), progress=not args.no_progress)
+    stats = runner.run(job)
+    for s in stats:
+        rate = f"{s['samples'] / s['seconds']:.2f} samples/s" if s["seconds"] else "no new answers"
+        print(f"{args.benchmark} {s['slug']}: {s['lines']}/{s['questions']} answered ({rate}) -> {s['answers']}")
+    import jax
+
+    if jax.process_index() == 0:
+        paths = summary.write(args.out)
+        print(Path(paths["markdown"]).read_text(), end="")
+        print(f"summary: {', '.join(str(v) for v in paths.values())}")
+    return 0
+
+
+def score_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="jaxvlm score", description=__doc__.split("\n\n")[2].splitlines()[0])
+    p.add_argument("benchmark", metavar="BENCH", choices=_bench_names(), help=", ".join(_bench_names()))
+    p.add_argument("--data", required=True, help="the benchmark's folder (as for jaxvlm eval)")
+    p.add_argument("--answers", required=True, help="answers file in LLaVA's format (ours or LLaVA's)")
+    p.add_argument("--json", default=None, help="also write the JSON here")
+    p.add_argument("--artifacts", default=None,
+                   help="folder for submission / judge files (default: the answers file's folder)")
+    p.add_argument("--judge", default=None, help="a judge's result file to aggregate (MM-Vet, video sets)")
+    args = p.parse_args(argv)
+
+    from jaxvlm import evaluation
+    from jaxvlm.evaluation import base
+
+    _existing_dir("--data", args.data)
+    if args.judge is not None and not os.path.isfile(args.judge):
+        raise UserError(f"--judge {args.judge}: no such file")
+    answers = base.read_answers(args.answers)
+    out_dir = Path(args.artifacts or Path(args.answers).resolve().parent)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = evaluation.benchmark(args.benchmark).score(args.data, answers, benchmark=args.benchmark,
+                                                        out_dir=out_dir, judge=args.judge)
+    text = json.dumps(result.to_json(args.benchmark), ensure_ascii=False)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    print(text)
+    return 0
+
+
+main = eval_main
+
+if __name__ == "__main__":
+    sys.exit(eval_main())
