@@ -248,3 +248,14 @@ def test_answers_must_follow_the_question_file(tmp_path):
     answers[1], answers[2] = answers[2], answers[1]
     with pytest.raises(DataError, match=r"answers line 2: question_id 13, but .*tsv:3 has index 12"):
         mmbench.score(data, answers, benchmark="mmbench")
+
+
+def test_lmms_hint_reading_nan_differs_between_en_and_cn(tmp_path):
+    """lmms-eval's EN template skips a hint cell holding the text "nan"; its CN template prints it."""
+    rows = [cj.mmbench_row(4, "Is it?", ["yes", "nan"], "A", hint="nan")]
+    en = mmbench.read(cj.make_mmbench_parquet(tmp_path / "en", "en", rows), benchmark="mmbench", variant="lmms")
+    cn = mmbench.read(cj.make_mmbench_parquet(tmp_path / "cn", "cn", rows), benchmark="mmbench_cn", variant="lmms")
+    assert en[0].prompt == ("Is it? There are several options:\nA. yes\n\n"
+                            "Answer with the option's letter from the given choices directly.")
+    assert cn[0].prompt == "nan Is it? There are several options:\nA. yes\n\n请直接使用所提供的选项字母作为答案回答。"
+    assert mmbench.read(tmp_path / "en" / "MMBench", benchmark="mmbench")[0].prompt == "Is it?\nA. yes" + EN
