@@ -37,11 +37,14 @@ def convert_checkpoint(src: str, dst: str, dtype: str = "float32", overwrite: bo
     """Convert the Hugging Face checkpoint directory `src` to a jaxvlm directory `dst` (weights, config and
     the tokenizer / processor files); returns dst. Refuses a `dst` that overlaps `src`, or exists unless
     `overwrite`, before reading anything."""
+    from converters.core import ConversionError
     from jaxvlm import io
 
     src, dst = os.fspath(src), os.fspath(dst)
     if not os.path.isdir(src):
         raise io.CheckpointNotFoundError(f"{src} is not a directory")
+    if io.is_jaxvlm_dir(src):
+        raise ConversionError(f"{src} is already a jaxvlm directory (jaxvlm.load reads it as it is)")
     io.prepare_destination(dst, overwrite, src=src)
     params, hf_config = io.load_hf(src, dtype=dtype, progress=progress, allow_nonfinite=allow_nonfinite,
                                    desc=f"converting {src}")

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 
 from converters.core import ConversionError, check_finite, flatten, read_json
 from jaxvlm.config import UnsupportedConfigError
-from jaxvlm.errors import UserError
+from jaxvlm.errors import UserError, one_line
 from jaxvlm.model import VLM, family_module
 
 FORMAT = "jaxvlm"
@@ -41,7 +41,7 @@ META_FILE = "jaxvlm.json"
 WEIGHTS_DIR = "weights"
 DTYPES = ("float32", "bfloat16")
 # Hugging Face model_type -> jaxvlm family.
-MODEL_TYPES = {"llava": "llava", "qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_5_vl"}
+MODEL_TYPES = {"llava": "llava", "llava_next": "llava_next", "qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_5_vl"}
 
 
 class CheckpointNotFoundError(UserError, FileNotFoundError):
@@ -137,9 +137,14 @@ def _restore(weights_dir: str, shapes: dict, dtype: str) -> dict:
     try:
         with ocp.StandardCheckpointer() as ckpt:
             weights = ckpt.restore(weights_dir, target)
-    except (OSError, ValueError, KeyError) as e:
-        raise ConversionError(f"{weights_dir}: cannot restore the orbax checkpoint "
-                              f"({type(e).__name__}: {e})") from None
+    except Exception as e:
+        # Missing / corrupt files surface as OSError, ValueError, KeyError or (from tensorstore) a bare
+        # Exception; anything else is a bug and keeps its traceback.
+        if type(e) is not Exception and not isinstance(e, (OSError, ValueError, KeyError)):
+            raise
+        detail = one_line(f"{type(e).__name__}: {e}")
+        raise ConversionError(f"{weights_dir}: cannot restore the orbax checkpoint (missing or corrupt file?): "
+                              f"{detail[:400]}") from None
     return jax.tree.map(lambda a: a.astype(dtype) if a.dtype != jnp.dtype(dtype) else a, weights)
 
 

@@ -296,6 +296,18 @@ def _nan_weight_in_jaxvlm_dir(tmp):
     assert np.isnan(np.asarray(jaxvlm.load(tmp / "saved", allow_nonfinite=True).weights["projector"]["b1"])).all()
 
 
+def _corrupt_orbax_weights(tmp):
+    import jaxvlm
+
+    assert convert(checkpoint(tmp / "hf"), tmp / "out")[0] == 0
+    for f in (tmp / "out" / "weights").rglob("*"):
+        if f.is_file() and f.parent.name == "d":
+            f.write_bytes(f.read_bytes()[:50])
+    expect_user_error(lambda: jaxvlm.load(tmp / "out"), r"out/weights: cannot restore the orbax checkpoint")
+    (tmp / "out" / "jaxvlm.json").write_text("{")
+    expect_user_error(lambda: jaxvlm.load(tmp / "out"), r"out/jaxvlm\.json: invalid JSON at line 1")
+
+
 def _full_strategy_stale_seq_length(tmp):
     import jaxvlm
     from jaxvlm.models import llava
@@ -326,6 +338,11 @@ def _python_m_converters_user_error(tmp):
     proc = python_m_converters(src, src)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.startswith("python -m converters: error: destination ") and "is the source" in proc.stderr
+
+
+def _source_already_converted(tmp):
+    assert convert(checkpoint(tmp / "hf"), tmp / "out")[0] == 0
+    expect_cli_error(["convert", str(tmp / "out"), str(tmp / "again")], r"out is already a jaxvlm directory")
 
 
 def _convert_ok(tmp):
@@ -404,6 +421,10 @@ CASES = [
     Case("load_nan_in_jaxvlm_dir", "jaxvlm.load(a jaxvlm dir saved with NaN weights)", "loads silently",
          "UserError 'tensor projector/b1 in DIR/weights has 64 NaN ...'; allow_nonfinite=True loads it",
          _nan_weight_in_jaxvlm_dir),
+    Case("load_corrupt_jaxvlm_dir", "jaxvlm.load(a converted dir whose weight files are cut / jaxvlm.json broken)",
+         "traceback: bare tensorstore Exception 'Encountered error while reading array index' / JSONDecodeError",
+         "UserError 'DIR/weights: cannot restore the orbax checkpoint (missing or corrupt file?) ...' / "
+         "'DIR/jaxvlm.json: invalid JSON at line 1 ...'", _corrupt_orbax_weights),
     Case("convert_full_strategy_576", "LLaVA config: vision_feature_select_strategy='full', image_seq_length=576",
          "exit 2 'image_seq_length 576 != 577 tokens per image' (transformers runs it)",
          "converts and loads (transformers ignores image_seq_length); 577 image tokens in input_ids run, 576 "
@@ -416,6 +437,9 @@ CASES = [
     Case("convert_missing_source", "jaxvlm convert NOPE DST",
          "traceback FileNotFoundError 'NOPE: no config.json', exit 1", "exit 2 'NOPE is not a directory'",
          _missing_source),
+    Case("convert_source_already_converted", "jaxvlm convert JAXVLM_DIR DST",
+         "traceback FileNotFoundError 'no config.json (neither a Hugging Face checkpoint nor a jaxvlm directory)'",
+         "exit 2 'JAXVLM_DIR is already a jaxvlm directory'", _source_already_converted),
     Case("convert_ok", "jaxvlm convert SRC DST (sharded, with side files)", "exit 0", "exit 0; same weights",
          _convert_ok, ok=True),
 ]
