@@ -345,9 +345,9 @@ def test_scienceqa_reader(layouts):
     eleven = samples[2]
     assert eleven.prompt == ("Context: Look at the picture.\nWhich animal is shown?\nA. dog\nB. cat\n"
                              "Answer with the option's letter from the given choices directly.")
-    assert eleven.extra == {"prompt": "<image>\n" + eleven.prompt}
+    assert eleven.record_prompt == "<image>\n" + eleven.prompt and eleven.extra == {}
     assert eleven.image.endswith("scienceqa/images/test/11/image.png")
-    assert samples[0].image is None and samples[0].extra == {"prompt": samples[0].prompt}
+    assert samples[0].image is None and samples[0].record_prompt == samples[0].prompt
     lmms = scienceqa.read(layouts["scienceqa"], benchmark="scienceqa", variant="lmms")
     assert [s.prompt for s in lmms] == [s.prompt for s in samples]  # the fixture's file is built the same way
 

@@ -96,6 +96,8 @@ def test_llava_prompts_and_answer_fields(tmp_path):
         {"round_id": 0, "options": ["left"], "option_char": ["A"]},
         {"round_id": 0, "options": ["yes"], "option_char": ["A"]},
     ]
+    # the answers line records the question without the instruction, as model_vqa_mmbench.py's cur_prompt
+    assert [s.record_prompt for s in samples] == [s.prompt[: -len(EN)] for s in samples]
     assert [s.question_id for s in samples] == [1, 2, 3, 4]
     assert [s.source.rsplit(":", 1)[1] for s in samples] == ["2", "3", "4", "5"]
     assert samples[0].image.startswith(b"\x89PNG")

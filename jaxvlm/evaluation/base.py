@@ -31,6 +31,7 @@ from typing import Any, Iterator
 from jaxvlm.errors import UserError
 
 ANSWER_FIELDS = ("question_id", "prompt", "text", "answer_id", "model_id", "metadata")
+VARIANTS = ("llava", "lmms")  # prompts as LLaVA-1.5 evaluates / as lmms-eval does
 
 
 class DataError(UserError):
@@ -49,6 +50,8 @@ class Sample:
     video:       a video path, or None.
     extra:       fields the answers line carries besides ANSWER_FIELDS (MMBench: round_id, options, ...).
     source:      "file:line" (1-based line) for messages.
+    answer_prompt: the answers line's `prompt` where the official code writes another text than the model's
+                 prompt (ScienceQA: "<image>\n" + prompt, which its scorer reads); None: `prompt`.
     """
 
     line: int
@@ -58,6 +61,12 @@ class Sample:
     video: str | None = None
     extra: dict = dataclasses.field(default_factory=dict)
     source: str = ""
+    answer_prompt: str | None = None
+
+    @property
+    def record_prompt(self) -> str:
+        """The `prompt` field of this question's answers line."""
+        return self.prompt if self.answer_prompt is None else self.answer_prompt
 
 
 @dataclasses.dataclass
@@ -72,6 +81,12 @@ class ScoreResult:
     def to_json(self, benchmark: str) -> dict:
         return {"benchmark": benchmark, "metrics": self.metrics, "per_question": self.per_question,
                 "artifacts": {k: str(v) for k, v in self.artifacts.items()}}
+
+
+def check_variant(variant: str) -> None:
+    """DataError unless `variant` is one of VARIANTS."""
+    if variant not in VARIANTS:
+        raise DataError(f"unknown prompt variant {variant!r}; have {', '.join(VARIANTS)}")
 
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
@@ -121,7 +136,7 @@ def read_answers(path: str | os.PathLike) -> list[dict]:
 
 def answer_record(sample: Sample, text: str, model_id: str, answer_id: str, metadata: dict | None = None) -> dict:
     """The answers-file line for `sample` (LLaVA's field order, then the benchmark's extra fields)."""
-    return {"question_id": sample.question_id, "prompt": sample.prompt, "text": text, "answer_id": answer_id,
+    return {"question_id": sample.question_id, "prompt": sample.record_prompt, "text": text, "answer_id": answer_id,
             "model_id": model_id, "metadata": metadata or {}, **sample.extra}
 
 

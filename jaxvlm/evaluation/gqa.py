@@ -22,8 +22,8 @@ import dataclasses
 from pathlib import Path
 
 from jaxvlm.evaluation import parquet
-from jaxvlm.evaluation.base import DataError, Sample, ScoreResult, read_json
-from jaxvlm.evaluation.vqa_common import (SHORT_ANSWER, answer_fields, check_variant, image_dir, llava_samples,
+from jaxvlm.evaluation.base import DataError, Sample, check_variant, ScoreResult, read_json
+from jaxvlm.evaluation.llava_layout import (SHORT_ANSWER, answer_fields, image_dir, llava_samples,
                                          write_json)
 
 NAME = "gqa"

@@ -37,7 +37,8 @@ from pathlib import Path
 
 from jaxvlm.errors import require_module
 from jaxvlm.evaluation import parquet
-from jaxvlm.evaluation.base import DataError, Sample, ScoreResult, check_answer_count
+from jaxvlm.evaluation.base import DataError, Sample, ScoreResult, check_answer_count, check_variant
+from jaxvlm.evaluation.llava_layout import strip_suffix
 
 NAME = "mmbench"
 MAX_NEW_TOKENS = 1024
@@ -49,7 +50,6 @@ INSTRUCTIONS = {"mmbench": "\nAnswer with the option's letter from the given cho
 LMMS_INSTRUCTIONS = {"mmbench": "\n\nAnswer with the option's letter from the given choices directly.",
                      "mmbench_cn": "\n\n请直接使用所提供的选项字母作为答案回答。"}
 LMMS_OPTIONS_HEADER = "There are several options:"
-VARIANTS = ("llava", "lmms")
 OPTION_LETTERS = "ABCD"              # LLaVA's prompt and the scorer's choices
 LMMS_OPTION_LETTERS = "ABCDE"        # lmms-eval's prompt
 INFER_LETTERS = "ABCDE"              # letters the prefetch accepts ("E": no option, then wrong)
@@ -77,7 +77,10 @@ def read(data_dir, *, benchmark=NAME, image_folder=None, variant="llava") -> lis
         if not isinstance(row.get("question"), str):
             raise DataError(f"{row['_at']}: the question cell is empty")
         options = llava_options(row)
-        samples.append(Sample(line=n, question_id=row["index"], prompt=prompt(row, options, benchmark),
+        text = prompt(row, options, benchmark)
+        # LLaVA's answers line records the question without the instruction (model_vqa_mmbench.py's cur_prompt).
+        record = strip_suffix(text, INSTRUCTIONS[benchmark]) if variant == "llava" else None
+        samples.append(Sample(line=n, question_id=row["index"], prompt=text, answer_prompt=record,
                               image=_image(row), source=row["_at"],
                               extra={"round_id": 0, "options": options,
                                      "option_char": list(OPTION_LETTERS[:len(options)])}))
@@ -87,8 +90,7 @@ def read(data_dir, *, benchmark=NAME, image_folder=None, variant="llava") -> lis
 def _check(benchmark: str, variant: str = "llava") -> None:
     if benchmark not in QUESTION_FILES:
         raise DataError(f"mmbench.py serves {', '.join(QUESTION_FILES)}, not {benchmark!r}")
-    if variant not in VARIANTS:
-        raise DataError(f"unknown prompt variant {variant!r}; have {', '.join(VARIANTS)}")
+    check_variant(variant)
 
 
 def _rows(data_dir, benchmark: str) -> list[dict]:

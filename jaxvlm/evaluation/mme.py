@@ -28,8 +28,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from jaxvlm.evaluation import parquet
-from jaxvlm.evaluation.base import DataError, Sample, ScoreResult
-from jaxvlm.evaluation.vqa_common import SHORT_ANSWER, answer_fields, check_variant, image_dir, llava_samples
+from jaxvlm.evaluation.base import DataError, Sample, check_variant, ScoreResult
+from jaxvlm.evaluation.llava_layout import SHORT_ANSWER, answer_fields, image_dir, llava_samples
 
 NAME = "mme"
 MAX_NEW_TOKENS = 128

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxvlm.evaluation import parquet
-from jaxvlm.evaluation.base import (DataError, Sample, ScoreResult, check_answer_count, check_media, read_json,
+from jaxvlm.evaluation.base import (DataError, Sample, check_variant, ScoreResult, check_answer_count, check_media, read_json,
                                     read_jsonl, require_fields)
 
 NAME = "mmvet"
@@ -33,7 +33,6 @@ QUESTION_FILE = "llava-mm-vet.jsonl"
 METADATA_FILE = "mm-vet.json"
 IMAGE_DIR = "images"
 PARQUET_SPLIT = "test"
-VARIANTS = ("llava", "lmms")
 LMMS_PRE_PROMPT = ("First please perform reasoning, and think step by step to provide best answer to the following "
                    "question: \n\n")
 KEY_PREFIX = "v1_"
@@ -42,8 +41,7 @@ DECIMALS = 1
 
 def read(data_dir, *, benchmark=NAME, image_folder=None, variant="llava") -> list[Sample]:
     """The questions in file order (every image checked)."""
-    if variant not in VARIANTS:
-        raise DataError(f"unknown prompt variant {variant!r}; have {', '.join(VARIANTS)}")
+    check_variant(variant)
     pre = LMMS_PRE_PROMPT if variant == "lmms" else ""
     if parquet.is_parquet_dataset(data_dir):
         samples = []

@@ -26,8 +26,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from jaxvlm.evaluation import parquet
-from jaxvlm.evaluation.base import DataError, Sample, ScoreResult, check_answer_count, read_jsonl, require_fields
-from jaxvlm.evaluation.vqa_common import SHORT_ANSWER, answer_fields, check_variant, image_dir, llava_samples
+from jaxvlm.evaluation.base import DataError, Sample, check_variant, ScoreResult, check_answer_count, read_jsonl, require_fields
+from jaxvlm.evaluation.llava_layout import SHORT_ANSWER, answer_fields, image_dir, llava_samples
 
 NAME = "pope"
 MAX_NEW_TOKENS = 128

@@ -12,7 +12,7 @@ choices, answer, hint; no problem id, so a row's question_id is its 0-based row 
 
 Prompt (model_vqa_science.py --single-pred-prompt): the human turn without "<image>", stripped, + "\\nAnswer with
 the option's letter from the given choices directly."; the answers line's `prompt` gets "<image>\\n" in front for
-a question with an image (the scorer's IMG test reads it), carried in `Sample.extra["prompt"]`. Text-only
+a question with an image (the scorer's IMG test reads it), carried in `Sample.answer_prompt`. Text-only
 questions have image None. The lmms variant (and parquet rows) build "Context: {hint}\\n" (if a hint) +
 question + "\\nA. c0\\nB. c1..." + the same instruction, as lmms-eval does.
 
@@ -29,8 +29,8 @@ import re
 from pathlib import Path
 
 from jaxvlm.evaluation import parquet
-from jaxvlm.evaluation.base import DataError, Sample, ScoreResult, check_answer_count, check_media, read_json
-from jaxvlm.evaluation.vqa_common import answer_fields, check_variant, image_dir
+from jaxvlm.evaluation.base import DataError, Sample, check_variant, ScoreResult, check_answer_count, check_media, read_json
+from jaxvlm.evaluation.llava_layout import answer_fields, image_dir
 
 NAME = "scienceqa"
 MAX_NEW_TOKENS = 1024
@@ -69,7 +69,7 @@ def lmms_prompt(question: str, choices: list, hint: str | None) -> str:
 def _sample(line: int, question_id, prompt: str, image, source: str) -> Sample:
     answer_prompt = f"{IMAGE_TOKEN}\n{prompt}" if image is not None else prompt
     return Sample(line=line, question_id=question_id, prompt=prompt, image=image,
-                  extra={"prompt": answer_prompt}, source=source)
+                  answer_prompt=answer_prompt, source=source)
 
 
 def read(data_dir, *, benchmark: str = NAME, image_folder=None, variant: str = "llava") -> list[Sample]:

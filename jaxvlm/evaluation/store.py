@@ -202,7 +202,7 @@ class AnswerStore:
                     raise UserError(f"{where}: more answers than the {len(self.samples)} questions; "
                                     "rerun with --overwrite")
                 sample = self.samples[n - 1]
-                written = sample.extra.get("prompt", sample.prompt)  # answer_record's (ScienceQA: "<image>\n" + ...)
+                written = sample.record_prompt
                 if record.get("question_id") != sample.question_id or record.get("prompt") != written:
                     raise UserError(f"{where}: answers question {record.get('question_id')!r} but line {n} of "
                                     f"the questions is {sample.question_id!r} ({sample.source}); the question "

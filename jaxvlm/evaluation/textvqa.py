@@ -26,9 +26,9 @@ import re
 from pathlib import Path
 
 from jaxvlm.evaluation import parquet
-from jaxvlm.evaluation.base import DataError, Sample, ScoreResult, read_json
+from jaxvlm.evaluation.base import DataError, Sample, check_variant, ScoreResult, read_json
 from jaxvlm.evaluation.normalize import evalai_answer, soft_accuracy
-from jaxvlm.evaluation.vqa_common import (SHORT_ANSWER, answer_fields, check_variant, image_dir, llava_samples,
+from jaxvlm.evaluation.llava_layout import (SHORT_ANSWER, answer_fields, image_dir, llava_samples,
                                           parquet_samples, percent, pick_split, rows_by_id,
                                           write_json)
 

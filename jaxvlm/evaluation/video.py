@@ -29,7 +29,7 @@ import numpy as np
 
 from jaxvlm.errors import require_module
 from jaxvlm.evaluation import parquet
-from jaxvlm.evaluation.base import DataError, Sample, ScoreResult, check_answer_count, read_json
+from jaxvlm.evaluation.base import DataError, Sample, check_variant, ScoreResult, check_answer_count, read_json
 
 NAME = "msvd_qa"
 MAX_NEW_TOKENS = 1024
@@ -41,15 +41,13 @@ LMMS_EXTENSIONS = (".mp4", ".webm", ".mkv")
 LMMS_BENCHMARK = "activitynet_qa"
 LMMS_SPLIT = "test"
 LMMS_POST_PROMPT = " Answer the question using a single word or phrase."
-VARIANTS = ("llava", "lmms")
 QUESTIONS, ANSWERS = "test_q.json", "test_a.json"
 MERGE = "merge.jsonl"
 
 
 def read(data_dir, *, benchmark=NAME, image_folder=None, variant="llava") -> list[Sample]:
     """The questions in file order, each with its video's path (checked to exist)."""
-    if variant not in VARIANTS:
-        raise DataError(f"unknown prompt variant {variant!r}; have {', '.join(VARIANTS)}")
+    check_variant(variant)
     lmms = parquet.is_parquet_dataset(data_dir)
     subfolder, prefix = VIDEO_DIRS[_checked(benchmark)]
     folder = Path(image_folder) if image_folder is not None else Path(data_dir) / subfolder

@@ -21,9 +21,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from jaxvlm.evaluation import parquet
-from jaxvlm.evaluation.base import DataError, Sample, ScoreResult, read_jsonl, require_fields
+from jaxvlm.evaluation.base import DataError, Sample, check_variant, ScoreResult, read_jsonl, require_fields
 from jaxvlm.evaluation.normalize import evalai_answer, soft_accuracy
-from jaxvlm.evaluation.vqa_common import (SHORT_ANSWER, UNANSWERABLE, answer_fields, check_variant, image_dir,
+from jaxvlm.evaluation.llava_layout import (SHORT_ANSWER, UNANSWERABLE, answer_fields, image_dir,
                                           llava_samples, parquet_samples, percent, pick_split,
                                           rows_by_id, strip_suffix, texts_by_id, write_json)
 

@@ -71,7 +71,7 @@ def write_parquet(path: Path, rows: list[dict]) -> None:
 def answers(samples, texts: list[str], model_id: str = "tiny-llava") -> list[dict]:
     """Answers-file records (LLaVA's format) for `samples` with model outputs `texts`, in order."""
     assert len(samples) == len(texts)
-    return [{"question_id": s.question_id, "prompt": s.extra.get("prompt", s.prompt), "text": t,
+    return [{"question_id": s.question_id, "prompt": s.record_prompt, "text": t,
              "answer_id": f"a{s.line}", "model_id": model_id, "metadata": {}} for s, t in zip(samples, texts)]
 
 

@@ -1,5 +1,5 @@
-"""What the VQA-family modules (vqav2, textvqa, vizwiz) share: LLaVA question files, lmms-eval parquet splits,
-answers files keyed by question id, and the upload JSON the evaluation servers take."""
+"""What the benchmark modules share: LLaVA-1.5 question files (`{"question_id", "image", "text"}` lines), the
+instruction lines they append, lmms-eval parquet splits, answers keyed by question id, JSON artefacts."""
 
 from __future__ import annotations
 
@@ -13,13 +13,6 @@ from jaxvlm.evaluation.base import DataError, Sample, check_media, read_jsonl, r
 
 SHORT_ANSWER = "\nAnswer the question using a single word or phrase."
 UNANSWERABLE = "\nWhen the provided information is insufficient, respond with 'Unanswerable'."
-VARIANTS = ("llava", "lmms")
-
-
-def check_variant(variant: str) -> None:
-    if variant not in VARIANTS:
-        raise DataError(f"unknown prompt variant {variant!r}; have {', '.join(VARIANTS)}")
-
 
 def strip_suffix(text: str, suffix: str) -> str:
     """`text` without the instruction `suffix` LLaVA's question files append (unchanged if absent)."""
