@@ -32,19 +32,26 @@ def side_files(src: str) -> list[str]:
     return [os.path.join(src, f) for f in SIDE_FILES if os.path.exists(os.path.join(src, f))]
 
 
+def check_source(src: str) -> None:
+    """Refuse a source that is not a directory or is already a jaxvlm directory."""
+    from converters.core import ConversionError
+    from jaxvlm import io
+
+    if not os.path.isdir(src):
+        raise io.CheckpointNotFoundError(f"{src} is not a directory")
+    if io.is_jaxvlm_dir(src):
+        raise ConversionError(f"{src} is already a jaxvlm directory (jaxvlm.load reads it as it is)")
+
+
 def convert_checkpoint(src: str, dst: str, dtype: str = "float32", overwrite: bool = False,
                        progress: bool = True, allow_nonfinite: bool = False) -> str:
     """Convert the Hugging Face checkpoint directory `src` to a jaxvlm directory `dst` (weights, config and
     the tokenizer / processor files); returns dst. Refuses a `dst` that overlaps `src`, or exists unless
     `overwrite`, before reading anything."""
-    from converters.core import ConversionError
     from jaxvlm import io
 
     src, dst = os.fspath(src), os.fspath(dst)
-    if not os.path.isdir(src):
-        raise io.CheckpointNotFoundError(f"{src} is not a directory")
-    if io.is_jaxvlm_dir(src):
-        raise ConversionError(f"{src} is already a jaxvlm directory (jaxvlm.load reads it as it is)")
+    check_source(src)
     io.prepare_destination(dst, overwrite, src=src)
     params, hf_config = io.load_hf(src, dtype=dtype, progress=progress, allow_nonfinite=allow_nonfinite,
                                    desc=f"converting {src}")
@@ -62,6 +69,7 @@ def main(argv: list[str] | None = None, prog: str = "jaxvlm convert") -> int:
     args = ap.parse_args(argv)
     from jaxvlm import io
 
+    check_source(args.src)
     io.prepare_destination(args.dst, args.force, src=args.src, hint="pass --force to replace it")
     t0 = time.perf_counter()
     out = convert_checkpoint(args.src, args.dst, args.dtype, overwrite=args.force, progress=not args.quiet,

@@ -174,7 +174,7 @@ def prepare_destination(dst: str, overwrite: bool = False, src: str | None = Non
         remove_leftovers(os.path.dirname(real))
     if src is not None:
         real_src = os.path.realpath(os.fspath(src))
-        same = real == real_src or (os.path.exists(dst) and os.path.samefile(dst, src))
+        same = real == real_src or (os.path.exists(dst) and os.path.exists(src) and os.path.samefile(dst, src))
         if same or _contains(real_src, real) or _contains(real, real_src):
             where = "is" if same else "is inside" if _contains(real_src, real) else "contains"
             raise DestinationError(f"destination {dst} {where} the source {src}; refusing to write there "

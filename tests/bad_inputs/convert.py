@@ -355,6 +355,8 @@ def _convert_ok(tmp):
 
 def _missing_source(tmp):
     expect_cli_error(["convert", str(tmp / "nope"), str(tmp / "out")], r"nope is not a directory")
+    (tmp / "out").mkdir()
+    expect_cli_error(["convert", str(tmp / "nope"), str(tmp / "out")], r"nope is not a directory")
 
 
 CASES = [
