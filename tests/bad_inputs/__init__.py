@@ -17,7 +17,7 @@ from typing import Callable
 
 import pytest
 
-AREAS = ("convert", "inputs", "cli")
+AREAS = ("convert", "inputs", "cli", "eval")
 
 
 @dataclasses.dataclass(frozen=True)
