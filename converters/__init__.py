@@ -16,6 +16,7 @@ from converters.core import ConversionError, DictReader, Rule, SafetensorsReader
 # config.family -> module providing `table(config)`.
 TABLE_MODULES = {
     "llava": "converters.llava",
+    "llava_next": "converters.llava_next",
     "qwen2_vl": "converters.qwen_vl",
     "qwen2_5_vl": "converters.qwen_vl",
 }
