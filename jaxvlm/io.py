@@ -29,6 +29,7 @@ from typing import Any, Iterable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from converters.core import ConversionError, check_finite, flatten, read_json
 from jaxvlm.config import UnsupportedConfigError
@@ -120,10 +121,24 @@ def load(path: str, dtype: str = "float32", progress: bool = False, allow_nonfin
         print(f"loading {path} (orbax checkpoint)", file=sys.stderr, flush=True)
     weights = _restore(os.path.join(path, WEIGHTS_DIR), family_module(cfg.family).weight_shapes(cfg), dtype)
     if not allow_nonfinite:
-        for leaf, a in flatten(weights).items():
-            if not bool(jnp.isfinite(a).all()):
-                check_finite(leaf, jax.device_get(a), os.path.join(path, WEIGHTS_DIR))
+        for leaf in _nonfinite_leaves(weights)[:1]:
+            check_finite(leaf, np.asarray(jax.device_get(flatten(weights)[leaf])), os.path.join(path, WEIGHTS_DIR))
     return VLM(weights=weights, config=cfg)
+
+
+def _nonfinite_leaves(weights: dict) -> list[str]:
+    """Paths of the leaves holding a NaN / Inf: numpy on host-resident (CPU) arrays, which it reads in place;
+    one jitted reduction on accelerators (no copy of the weights to the host)."""
+    flat = flatten(weights)
+    if all(d.platform == "cpu" for a in flat.values() for d in a.devices()):
+        return [p for p, a in flat.items() if not np.isfinite(np.asarray(a)).all()]
+    finite = jax.device_get(_all_finite(flat))
+    return [p for p, ok in finite.items() if not ok]
+
+
+@jax.jit
+def _all_finite(flat: dict) -> dict:
+    return {p: jnp.isfinite(a).all() for p, a in flat.items()}
 
 
 def _restore(weights_dir: str, shapes: dict, dtype: str) -> dict:

@@ -375,3 +375,11 @@ def test_destination_rules(tmp_path):
     with pytest.raises(io.DestinationError, match="empty exists; pass overwrite=True"):
         io.prepare_destination(str(tmp_path / "empty"))
     assert io.prepare_destination(str(tmp_path / "a"), src=str(tmp_path / "ab")) == str(tmp_path / "a")
+
+
+def test_device_finiteness_reduction_flags_the_nan_leaf():
+    """The accelerator path of the restore-time check (one jitted reduction) agrees with numpy."""
+    flat = {"a/x": jax.numpy.ones((3, 2)), "b": jax.numpy.array([1.0, np.nan]).astype("bfloat16"),
+            "c": jax.numpy.array([np.inf])}
+    assert jax.device_get(io._all_finite(flat)) == {"a/x": True, "b": False, "c": False}
+    assert io._nonfinite_leaves({"a": {"x": flat["a/x"]}, "b": flat["b"], "c": flat["c"]}) == ["b", "c"]
