@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import shutil
 import signal
 import stat
 import subprocess
@@ -390,7 +389,8 @@ CASES = [
          "run's", _killed_run_leftovers_removed),
     Case("convert_copies_processor_files", "jaxvlm convert SRC DST; jaxvlm generate DST ...",
          "only jaxvlm.json + weights/; generate: traceback ValueError 'cannot tell which processor'",
-         "tokenizer / processor / chat template / generation config copied; processor detected", _copies_processor_files),
+         "tokenizer / processor / chat template / generation config copied; processor detected",
+         _copies_processor_files),
     Case("convert_processor_missing", "Processor.from_pretrained(converted dir without processor files)",
          "ValueError 'cannot tell which processor this is' (no hint)",
          "UserError '... pass --processor DIR (the original Hugging Face checkpoint ...)'",
