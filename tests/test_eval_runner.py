@@ -1,7 +1,8 @@
 """`jaxvlm eval` end to end on tiny random models (jaxvlm.evaluation.runner / feed / prompts / summary).
 
 A fake benchmark (tests/evalfake.py, registered as "fakeqa") stands in where no real layout is needed: it has
-repeated question ids, a text-only line and real photos. Tiny LLaVA: assets' offline processor + random weights.
+repeated question ids, a text-only line and real photos. Tiny LLaVA: 112 px (64 image tokens), the offline
+tokenizer of experiments/assets.py, random weights.
 """
 
 from __future__ import annotations
@@ -34,21 +35,9 @@ def fake_benchmark():
         yield
 
 
-def tiny_llava(path: Path) -> Path:
-    from jaxvlm.model import random_params
-    from jaxvlm.models import llava
-
-    tok = assets.train_tokenizer()
-    hf = assets.llava_hf_config(len(tok), tok.convert_tokens_to_ids(assets.IMAGE_TOKEN), tok.pad_token_id,
-                                hidden=64, layers=3, heads=2, vision_hidden=32, vision_layers=1)
-    jaxvlm.save(random_params(llava.parse_config(hf), seed=1, std=0.08), path, hf_config=hf)
-    assets.llava_processor_dir(path)  # the processor files live beside the weights
-    return path
-
-
 @pytest.fixture(scope="module")
 def llava_dir(tmp_path_factory):
-    return tiny_llava(tmp_path_factory.mktemp("llava") / "model")
+    return evalfake.tiny_llava(tmp_path_factory.mktemp("llava") / "model")
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +120,7 @@ def test_eval_writes_answers_in_question_order_and_a_summary(full_run, fake_data
         assert [a["prompt"] for a in got] == [s.prompt for s in samples]  # question order, keyed by line
         assert [a["question_id"] for a in got] == [s.question_id for s in samples]
         for a, s in zip(got, samples):
-            assert a["metadata"]["kept"] == kept and a["metadata"]["visual_tokens"] == 576
+            assert a["metadata"]["kept"] == kept and a["metadata"]["visual_tokens"] == evalfake.LLAVA_TOKENS
         sidecar = json.loads((full_run / "fakeqa" / slug / "answers.jsonl.run.json").read_text())
         assert sidecar["identity"]["max_new_tokens"] == 3 and sidecar["runs"][-1]["compiles"] >= 1
     for f in ("summary.md", "summary.json", "summary.png"):
@@ -139,9 +128,9 @@ def test_eval_writes_answers_in_question_order_and_a_summary(full_run, fake_data
     by = {r["schedule"]: r for r in json.loads((full_run / "summary.json").read_text())}
     assert set(by) == set(SLUGS)
     assert by["none"]["flops_ratio"] == pytest.approx(1.0)
-    assert by["debiased_fastv-layer=1-keep=32"]["flops_ratio"] < 0.5
+    assert 0.6 < by["debiased_fastv-layer=1-keep=32"]["flops_ratio"] < 0.9  # 64 -> 32 visual of ~100 tokens
     assert by["debiased_fastv-layer=1-keep=32"]["kept_tokens"] == pytest.approx(32.0)
-    assert by["none"]["kept_tokens"] == pytest.approx(576.0)
+    assert by["none"]["kept_tokens"] == pytest.approx(evalfake.LLAVA_TOKENS)
     assert "| debiased_fastv-layer=1-keep=32 |" in (full_run / "summary.md").read_text()
 
 
@@ -187,7 +176,7 @@ def test_text_only_questions_have_no_image_token_and_nothing_to_prune(llava_dir,
     data = evalfake.make(tmp_path / "data", n=3, text_only=1)
     assert cli.eval_main(eval_args(llava_dir, data, tmp_path / "out", "debiased_fastv:layer=1,keep=32")) == 0
     got = answers_of(tmp_path / "out", "debiased_fastv-layer=1-keep=32")
-    assert [a["metadata"]["visual_tokens"] for a in got] == [576, 0, 576]
+    assert [a["metadata"]["visual_tokens"] for a in got] == [evalfake.LLAVA_TOKENS, 0, evalfake.LLAVA_TOKENS]
     assert [a["metadata"]["kept"] for a in got] == [[32], [], [32]]
 
 
@@ -232,6 +221,7 @@ EIGHT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # a subprocess on 8 forced host devices: ~2-5 min on 2 busy cores
 def test_eight_devices_answer_as_one(llava_dir, tmp_path):
     data = evalfake.make(tmp_path / "data", n=11)
     code = EIGHT.format(tests=str(TESTS), data=str(data), model=str(llava_dir), out=str(tmp_path))

@@ -221,6 +221,10 @@ def _generate(job, bench, processor, proc_dir, samples, tasks, first, stop, max_
     status(f"loading {job.model} ({job.dtype})")
     t0 = time.perf_counter()
     params = jaxvlm.load(job.model, dtype=job.dtype)
+    if mesh is not None:  # weights replicated over the data mesh
+        from jaxvlm.engine.sharding import replicated
+
+        params = jax.device_put(params, replicated(mesh))
     status(f"loaded in {time.perf_counter() - t0:.1f} s; {len(lines)} questions x {len(tasks)} schedule(s), "
            f"batch {batch_size} on {n_dev} device(s)")
     tok = processor.tokenizer
