@@ -184,9 +184,9 @@ def prepare_destination(dst: str, overwrite: bool = False, src: str | None = Non
     DestinationError before anything is read or written: `dst` is `src`, inside it or contains it (by
     resolved path), or exists (without `overwrite`; with it, only a jaxvlm directory or an empty directory
     may be replaced). `hint` says how to allow replacing it."""
-    real = os.path.realpath(os.fspath(dst))
-    if os.path.isdir(os.path.dirname(real)):
-        remove_leftovers(os.path.dirname(real))
+    real, parent = os.path.realpath(os.fspath(dst)), os.path.dirname(os.path.abspath(dst))
+    if os.path.isdir(parent):
+        remove_leftovers(parent)
     if src is not None:
         real_src = os.path.realpath(os.fspath(src))
         same = real == real_src or (os.path.exists(dst) and os.path.exists(src) and os.path.samefile(dst, src))
@@ -246,8 +246,8 @@ def remove_leftovers(parent: str) -> list[str]:
             if m["kind"] == "old" and not os.path.lexists(dst):
                 os.rename(work, dst)
             else:
-                shutil.rmtree(work)
-        except FileNotFoundError:  # another process cleaned it up first
+                _remove(work)
+        except OSError:  # another process cleaned it up first, or it is not ours to remove: leave it
             continue
         done.append(name)
     return done
@@ -271,7 +271,16 @@ def atomic_dir(dst: str, overwrite: bool = False):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            _remove(old)
+
+
+def _remove(path: str) -> None:
+    """Delete a directory tree, or just the link / file (a replaced destination may be a symlink)."""
+    if os.path.islink(path) or not os.path.isdir(path):
+        os.unlink(path)
+    else:
+        shutil.rmtree(path)
 
 
 def _swap(tmp: str, dst: str, overwrite: bool) -> str | None:

@@ -383,3 +383,14 @@ def test_device_finiteness_reduction_flags_the_nan_leaf():
             "c": jax.numpy.array([np.inf])}
     assert jax.device_get(io._all_finite(flat)) == {"a/x": True, "b": False, "c": False}
     assert io._nonfinite_leaves({"a": {"x": flat["a/x"]}, "b": flat["b"], "c": flat["c"]}) == ["b", "c"]
+
+
+def test_force_onto_a_symlink_replaces_the_link_only(reference, tmp_path):
+    """--force onto a link to a jaxvlm directory: the link becomes the new directory, the old one stays."""
+    _, params, _, path = reference
+    io.save(params, str(tmp_path / "target"))
+    (tmp_path / "link").symlink_to(tmp_path / "target")
+    assert convert_main([path, str(tmp_path / "link"), "--quiet", "--force", "--dtype", "bfloat16"]) == 0
+    assert not (tmp_path / "link").is_symlink() and io.is_jaxvlm_dir(str(tmp_path / "link"))
+    assert sorted(os.listdir(tmp_path)) == ["link", "target"]
+    leaves_equal(io.load(str(tmp_path / "target")).weights, params.weights)
