@@ -1,0 +1,144 @@
+"""LLaVA-NeXT through the engine against transformers: greedy generate, FastV with the dropped tokens masked,
+and the token-layout decisions (newlines are visual and prunable; detrending positions; no padding mask).
+
+Tiny model: 112px tiles (136-280 tokens per image, three aspect ratios in one left-padded batch), 3 text
+layers. Tolerance 1e-4 on logits (tests/test_llava_next.py; the pruned paths only reorder float32 sums).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import jaxvlm
+from engine_stages import FastV
+from jaxvlm import debias, prune
+from jaxvlm.models import llava_next
+from llava_next_reference import IMAGE_TOKEN, PAD_TOKEN, SMALL_SIZES, build, make_inputs
+
+ATOL = 1e-4
+EOS = 2
+
+
+@pytest.fixture(scope="module")
+def models():
+    return build(text_layers=3, seed=3)
+
+
+@pytest.fixture(scope="module")
+def inputs(models):
+    return make_inputs(models[1], sizes=SMALL_SIZES[:3], seed=1)
+
+
+def hf_inputs(inputs: dict) -> dict:
+    import torch
+
+    mask = torch.as_tensor(inputs["attention_mask"])
+    return {"input_ids": torch.as_tensor(inputs["input_ids"]), "attention_mask": mask,
+            "position_ids": (mask.cumsum(-1) - 1).clamp(min=0),
+            "pixel_values": torch.as_tensor(inputs["pixel_values"]),
+            "image_sizes": torch.as_tensor(inputs["image_sizes"])}
+
+
+def masked_hf_logits(model, inputs: dict, drop: np.ndarray, from_layer: int) -> np.ndarray:
+    """transformers' logits with the keys `drop` (B, S) bool masked out of every attention of layer >= from_layer."""
+    import torch
+    from transformers.models.llama import modeling_llama
+
+    original = modeling_llama.eager_attention_forward
+    drop_t = torch.as_tensor(drop)
+
+    def patched(module, query, key, value, attention_mask, *args, **kwargs):
+        if getattr(module, "layer_idx", -1) >= from_layer and attention_mask is not None:
+            d = drop_t[:, None, None, : attention_mask.shape[-1]]
+            attention_mask = (attention_mask & ~d if attention_mask.dtype == torch.bool
+                              else attention_mask.masked_fill(d, torch.finfo(attention_mask.dtype).min))
+        return original(module, query, key, value, attention_mask, *args, **kwargs)
+
+    modeling_llama.eager_attention_forward = patched
+    try:
+        with torch.no_grad():
+            return model(**hf_inputs(inputs)).logits.float().numpy()
+    finally:
+        modeling_llama.eager_attention_forward = original
+
+
+def test_greedy_matches_transformers_generate(models, inputs):
+    import torch
+
+    model, params, _ = models
+    n = 10
+    with torch.no_grad():
+        ref = model.generate(**{k: v for k, v in hf_inputs(inputs).items() if k != "position_ids"},
+                             max_new_tokens=n, do_sample=False, eos_token_id=EOS, pad_token_id=PAD_TOKEN)
+    ref = ref[:, inputs["input_ids"].shape[1]:].numpy()
+    ref = np.pad(ref, ((0, 0), (0, n - ref.shape[1])), constant_values=PAD_TOKEN)
+    out = jaxvlm.generate(params, **inputs, max_new_tokens=n, eos_token_id=EOS, pad_token_id=PAD_TOKEN)
+    np.testing.assert_array_equal(np.asarray(out.tokens), ref)
+
+
+def test_fastv_matches_transformers_with_masked_layers(models, inputs):
+    """FastV keep 48 at layer 2 (of 136-280 visual tokens per row, newlines included): the kept set is the top
+    of layer 1's last-row head-mean attention over ALL image tokens; prefill logits at the survivors equal
+    transformers with the dropped tokens masked from layer 2 on."""
+    import torch
+
+    model, params, _ = models
+    ids, layer, keep = inputs["input_ids"], 2, 48
+    sched = (FastV(layer=layer, keep=keep),)
+    out = jaxvlm.forward(params, **inputs, prune=sched)
+    kept = np.asarray(out.kept[0])
+    with torch.no_grad():
+        att = model(**hf_inputs(inputs), output_attentions=True).attentions[layer - 1]
+    scores = att[:, :, -1, :].mean(1).numpy()
+    batch = llava_next.prepare(params.config, **inputs)
+    newline = batch["feature_index"] == batch["pixel_values"].shape[0] * params.config.vision.grid**2
+    for r in range(ids.shape[0]):
+        span = np.flatnonzero(ids[r] == IMAGE_TOKEN)
+        want = np.sort(span[np.argsort(-scores[r, span], kind="stable")[:keep]])
+        np.testing.assert_array_equal(kept[r], want)
+    assert newline[np.arange(ids.shape[0])[:, None], kept].any()  # newlines compete (and some win)
+
+    drop = ids == IMAGE_TOKEN
+    np.put_along_axis(drop, kept, False, axis=1)
+    ref = masked_hf_logits(model, inputs, drop, layer)
+    src, got = np.asarray(out.src), np.asarray(out.logits)
+    for r in range(ids.shape[0]):
+        np.testing.assert_allclose(got[r][src[r] >= 0], ref[r, src[r][src[r] >= 0]], atol=ATOL, rtol=0)
+
+
+@pytest.mark.slow
+def test_fastv_cached_decode_matches_transformers_with_masked_layers(models, inputs):
+    """Decode through the pruned caches == transformers on prompt + new tokens with the drops masked."""
+    model, params, _ = models
+    ids, layer, keep = inputs["input_ids"], 2, 48
+    sched = (FastV(layer=layer, keep=keep),)
+    n = 6
+    gen = jaxvlm.generate(params, **inputs, prune=sched, max_new_tokens=n, output_logits=True)
+    toks = np.asarray(gen.tokens)
+    drop = ids == IMAGE_TOKEN
+    np.put_along_axis(drop, np.asarray(gen.kept[0]), False, axis=1)
+    b = ids.shape[0]
+    full = dict(inputs, input_ids=np.concatenate([ids, toks[:, : n - 1]], axis=1),
+                attention_mask=np.concatenate([inputs["attention_mask"], np.ones((b, n - 1), np.int64)], axis=1))
+    ref = masked_hf_logits(model, full, np.concatenate([drop, np.zeros((b, n - 1), bool)], axis=1), layer)
+    t = ids.shape[1]
+    np.testing.assert_allclose(np.asarray(gen.logits), ref[:, t - 1: t - 1 + n], atol=ATOL, rtol=0)
+
+
+@pytest.mark.slow
+def test_debiased_fastv_detrends_span_positions_without_padding_mask(models, inputs):
+    """prune.debiased on LLaVA-NeXT: no pad-to-square mask exists (prepare returns no image_sizes, so
+    StageContext.pad is all False: padding=True changes nothing), and recency detrending reads span_index
+    (the index in the image's token run by default): a trend falling with position (weights rising) moves the
+    kept set towards the end of every image."""
+    _, params, _ = models
+    plain = np.asarray(jaxvlm.forward(params, **inputs, prune=prune.fastv(layer=2, keep=48)).kept[0])
+    pad_only = prune.debiased(prune.fastv(layer=2, keep=48), recency=False, padding=True, pad_threshold=0.5)
+    np.testing.assert_array_equal(np.asarray(jaxvlm.forward(params, **inputs, prune=pad_only).kept[0]), plain)
+    falling = debias.Trend("exponential", (1.0, -0.02, 0.0))  # T(x) = exp(-x/50): weights exp(x/50)
+    late = prune.debiased(prune.fastv(layer=2, keep=48), trend=falling, recency=True, padding=False)
+    kept = np.asarray(jaxvlm.forward(params, **inputs, prune=late).kept[0])
+    span = llava_next.prepare(params.config, **inputs)["span_index"]
+    rows = np.arange(kept.shape[0])[:, None]
+    assert span[rows, kept].mean() > span[rows, plain].mean() + 20
