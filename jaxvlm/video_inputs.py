@@ -79,7 +79,8 @@ def normalised_frames(frames: np.ndarray, cfg: VideoConfig) -> np.ndarray:
     rh, rw = smart_resize(h, w, cfg.patch_size * cfg.merge_size, cfg.min_pixels, cfg.max_pixels)
     resized = np.stack([np.asarray(Image.fromarray(np.asarray(f, np.uint8)).resize((rw, rh), Image.BICUBIC))
                         for f in frames]).astype(np.float32)
-    out = (resized * np.float32(cfg.rescale_factor) - np.asarray(cfg.mean, np.float32)) / np.asarray(cfg.std, np.float32)
+    mean, std = np.asarray(cfg.mean, np.float32), np.asarray(cfg.std, np.float32)
+    out = (resized * np.float32(cfg.rescale_factor) - mean) / std
     return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
 
 

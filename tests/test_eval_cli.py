@@ -43,7 +43,7 @@ def eval_and_score(bench, data, model, out, capsys, extra=()) -> tuple[list, dic
     answers_file = Path(out) / bench / "none" / "answers.jsonl"
     answers = base.read_answers(answers_file)
     samples = evaluation.benchmark(bench).read(data, benchmark=bench)
-    assert [a["prompt"] for a in answers] == [s.prompt for s in samples]
+    assert [a["prompt"] for a in answers] == [s.record_prompt for s in samples]
     assert [a["question_id"] for a in answers] == [s.question_id for s in samples]
     assert all(a[k] == v for s, a in zip(samples, answers) for k, v in s.extra.items())
     rc, stdout, err = run(["score", bench, "--data", str(data), "--answers", str(answers_file),

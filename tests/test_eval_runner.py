@@ -233,3 +233,55 @@ def test_eight_devices_answer_as_one(llava_dir, tmp_path):
         eight = [a["text"] for a in answers_of(tmp_path / "data=8", slug)]
         one = [a["text"] for a in answers_of(tmp_path / "data=1", slug)]
         assert len(eight) == 11 and eight == one
+
+
+HOSTS = textwrap.dedent("""
+    import functools, os, sys
+    pid, n, port, data, model, out = sys.argv[1:]
+    pid, n = int(pid), int(n)
+    import jax
+    jax.config.update("jax_default_matmul_precision", "highest")
+    if n > 1:  # gloo on loopback, as tests/test_engine_multihost.py
+        from jax._src import xla_bridge
+        xla_bridge._jax.make_gloo_tcp_collectives = functools.partial(
+            xla_bridge._jax.make_gloo_tcp_collectives, hostname="127.0.0.1")
+        jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=n, process_id=pid,
+                                   coordinator_bind_address=f"127.0.0.1:{port}", initialization_timeout=120)
+    from jaxvlm import evaluation
+    from jaxvlm.evaluation import cli
+    evaluation.BENCHMARKS["fakeqa"] = "evalfake"
+    cli.eval_main(["fakeqa", "--data", data, "--model", model, "--out", out, "--prune", "none",
+                   "debiased_fastv:layer=1,keep=32", "--batch-size", "2", "--max-new-tokens", "3",
+                   "--dtype", "float32", "--no-progress"])
+    print("HOST_OK", pid, flush=True)
+""")
+
+
+@pytest.mark.slow  # three subprocesses (2 hosts joined by jax.distributed + a one-process reference)
+def test_two_hosts_write_shards_merged_in_question_order(llava_dir, fake_data, tmp_path):
+    from test_engine_multihost import free_port
+
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent)])}
+    port = free_port()
+    argvs = [[str(p), "2", str(port), str(fake_data), str(llava_dir), str(tmp_path / "hosts")] for p in range(2)]
+    argvs.append(["0", "1", "0", str(fake_data), str(llava_dir), str(tmp_path / "one")])
+    procs = [subprocess.Popen([sys.executable, "-c", HOSTS, *a], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for a in argvs]
+    try:
+        logs = [p.communicate(timeout=900)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, log in zip(procs, logs):
+        assert p.returncode == 0 and "HOST_OK" in log, log[-4000:]
+    for slug in SLUGS:
+        folder = tmp_path / "hosts" / "fakeqa" / slug
+        lo, hi = runner.shard_range(7, 1, 2)
+        assert len((folder / "answers.1.jsonl").read_text().splitlines()) == hi - lo
+        assert (folder / "answers.jsonl").read_bytes().count(b"\n") == 7
+        hosts = [a["text"] for a in answers_of(tmp_path / "hosts", slug)]
+        one = [a["text"] for a in answers_of(tmp_path / "one", slug)]
+        assert hosts == one
+        assert [a["question_id"] for a in answers_of(tmp_path / "hosts", slug)] == \
+               [s.question_id for s in evalfake.read(fake_data)]

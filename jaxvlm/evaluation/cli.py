@@ -102,8 +102,14 @@ def eval_main(argv: list[str] | None = None) -> int:
     p.add_argument("--variant", choices=("llava", "lmms"), default="llava", help="prompts as LLaVA-1.5 or lmms-eval")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16")
     p.add_argument("--mesh", default=None, help="data=N: data-parallel over N devices (default: all)")
+    p.add_argument("--distributed", action="store_true",
+                   help="multi-host: jax.distributed.initialize() (cluster auto-detected) before anything else")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
+    if args.distributed:
+        import jax
+
+        jax.distributed.initialize()
 
     from jaxvlm.evaluation import runner, summary
 

@@ -121,7 +121,8 @@ class Encoder:
         token = getattr(self.processor.hf, "video_token", "<|video_pad|>")
         text = video_inputs.expand_video_tokens(text, token, grid, self.video_config.merge_size)
         enc = self.processor.tokenizer([text], return_tensors="np")
-        return {"input_ids": enc["input_ids"].astype(np.int32), "attention_mask": enc["attention_mask"].astype(np.int32),
+        return {"input_ids": enc["input_ids"].astype(np.int32),
+                "attention_mask": enc["attention_mask"].astype(np.int32),
                 "pixel_values_videos": pixels, "video_grid_thw": grid[None]}
 
 
@@ -170,22 +171,23 @@ class Prefetcher:
         self.wait_seconds = 0.0
         self.thread = threading.Thread(target=self._work, name="jaxvlm-eval-feed", daemon=True)
 
+    def _put(self, item) -> None:
+        while not self.stop.is_set():
+            try:
+                return self.queue.put(item, timeout=0.1)
+            except queue.Full:
+                continue
+
     def _work(self) -> None:
         try:
             for lines in self.batches:
                 if self.stop.is_set():
                     return
-                item = (lines, [self.encoder(self.samples[i], i) for i in lines])
-                while not self.stop.is_set():
-                    try:
-                        self.queue.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
+                self._put((lines, [self.encoder(self.samples[i], i) for i in lines]))
         except BaseException as e:  # handed to the consumer
-            self.queue.put(e)
+            self._put(e)
         else:
-            self.queue.put(None)
+            self._put(None)
 
     def __iter__(self):
         self.thread.start()

@@ -166,7 +166,12 @@ def run(job: EvalJob) -> list[dict]:
     from jaxvlm.processor import Processor
 
     proc_dir = job.processor or job.model
-    processor = Processor.from_pretrained(proc_dir)
+    try:
+        processor = Processor.from_pretrained(proc_dir)
+    except UserError:
+        raise
+    except (ValueError, OSError) as e:
+        raise UserError(f"--processor {proc_dir}: cannot load a processor there ({e})") from None
     prompts.check_family(processor.family, samples, job.benchmark)
 
     shard = (process, processes) if processes > 1 else None
@@ -277,7 +282,8 @@ def _generate(job, bench, processor, proc_dir, samples, tasks, first, stop, max_
     shape = {"hidden_size": text.hidden_size, "intermediate_size": text.intermediate_size,
              "num_layers": text.num_layers}
     for t in tasks:
-        t.store.log_run(spec=t.spec, text_model=shape, stage_layers=[int(getattr(st, "layer", 0)) for st in t.schedule or ()],
+        layers = [int(getattr(st, "layer", 0)) for st in t.schedule or ()]
+        t.store.log_run(spec=t.spec, text_model=shape, stage_layers=layers,
                         samples=t.samples, seconds=t.seconds, compile_seconds=t.compile_seconds,
                         compiles=t.compiles, batch_size=batch_size, devices=n_dev, wall_seconds=wall,
                         host_wait_seconds=prefetch.wait_seconds, lines=t.store.done)
@@ -309,5 +315,6 @@ def _merge_shards(job: EvalJob, tasks, n: int, process: int, processes: int) -> 
             tmp = merged.with_name(merged.name + ".tmp")
             tmp.write_text("".join(lines))
             os.replace(tmp, merged)
+            runs = [r for f in shards for r in (store.read_sidecar(f) or {}).get("runs", [])]
             store.write_json_atomic(store.sidecar_path(merged),
-                                    {"identity": identity, "runs": [], "merged_from": [s.name for s in shards]})
+                                    {"identity": identity, "runs": runs, "merged_from": [s.name for s in shards]})

@@ -183,7 +183,8 @@ class AnswerStore:
             raise UserError(f"{self.path}: answers without a run identity ({sidecar_path(self.path).name} "
                             "missing); move it away or rerun with --overwrite")
         if old.get("identity") != self.identity:
-            raise UserError(f"{self.path}: written by another run ({_differences(old.get('identity') or {}, self.identity)}); "
+            changed = _differences(old.get("identity") or {}, self.identity)
+            raise UserError(f"{self.path}: written by another run ({changed}); "
                             "use another --out or rerun with --overwrite")
         if not self.path.exists():
             self.path.touch()

@@ -116,8 +116,9 @@ def markdown(rows: list[dict]) -> str:
         cells = []
         for b in benches:
             r = cell.get((s, b))
-            cells.append("" if r is None else " / ".join((_fmt(r["score"], ".2f"), _fmt(r["kept_tokens"], ".1f"),
-                                                          _fmt(r["samples_per_s"], ".2f"), _fmt(r["flops_ratio"], ".3f"))))
+            parts = (_fmt(r["score"], ".2f"), _fmt(r["kept_tokens"], ".1f"), _fmt(r["samples_per_s"], ".2f"),
+                     _fmt(r["flops_ratio"], ".3f")) if r else ()
+            cells.append(" / ".join(parts))
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
     notes = sorted({f"- {r['benchmark']} / {r['schedule']}: {r['note']}" for r in rows if r["note"]})
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
