@@ -17,6 +17,7 @@ from converters.core import ConversionError, DictReader, Rule, SafetensorsReader
 TABLE_MODULES = {
     "llava": "converters.llava",
     "llava_next": "converters.llava_next",
+    "video_llava": "converters.video_llava",
     "qwen2_vl": "converters.qwen_vl",
     "qwen2_5_vl": "converters.qwen_vl",
 }

@@ -42,7 +42,8 @@ META_FILE = "jaxvlm.json"
 WEIGHTS_DIR = "weights"
 DTYPES = ("float32", "bfloat16")
 # Hugging Face model_type -> jaxvlm family.
-MODEL_TYPES = {"llava": "llava", "llava_next": "llava_next", "qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_5_vl"}
+MODEL_TYPES = {"llava": "llava", "llava_next": "llava_next", "video_llava": "video_llava",
+               "qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_5_vl"}
 
 
 class CheckpointNotFoundError(UserError, FileNotFoundError):

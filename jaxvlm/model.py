@@ -3,7 +3,7 @@
     params = jaxvlm.load(path)           # -> VLM(weights=<pytree of jax.Array>, config=<static, hashable>)
     emb = family(params).embed(params, **inputs)   # -> Embedded: token embeddings + per-token metadata
 
-A family module (jaxvlm/models/llava.py, llava_next.py, qwen_vl.py) provides, as module-level functions:
+A family module (jaxvlm/models/<family>.py, one per FAMILY_MODULES entry) provides, as module-level functions:
     parse_config(hf_config: dict) -> config      (frozen dataclass with .family, .text: TextConfig, ...)
     weight_shapes(config) -> pytree of shape tuples
     embed(params: VLM, **inputs) -> Embedded
@@ -51,6 +51,7 @@ class Embedded:
 FAMILY_MODULES = {
     "llava": "jaxvlm.models.llava",
     "llava_next": "jaxvlm.models.llava_next",
+    "video_llava": "jaxvlm.models.video_llava",
     "qwen2_vl": "jaxvlm.models.qwen_vl",
     "qwen2_5_vl": "jaxvlm.models.qwen_vl",
 }

@@ -27,7 +27,8 @@ import numpy as np
 PROCESSOR_FAMILIES = {
     "LlavaProcessor": "llava", "Qwen2VLProcessor": "qwen2_vl", "Qwen2_5_VLProcessor": "qwen2_5_vl",
 }
-MODEL_TYPE_FAMILIES = {"llava": "llava", "llava_next": "llava_next", "qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_5_vl"}
+MODEL_TYPE_FAMILIES = {"llava": "llava", "llava_next": "llava_next", "video_llava": "video_llava",
+                       "qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_5_vl"}
 
 
 # LLaVA-1.5's conversation template (conv_vicuna_v1 of llava/conversation.py), the one its evaluation scripts
