@@ -5,14 +5,25 @@ trend T(x); the debiased score is s * T(0)/T(x). Here the padding positions are 
 (they carry the attention sink, technique 2), a random split of the samples is held out and the fit is
 judged on it, and the number of samples used is reported.
 
-Input: an .npz with
-    scores     (S, N) float   one score vector per sample (same layer / query aggregation the method ranks with)
-    pad_mask   (S, N) {0,1}   optional, 1 = valid image patch (e.g. jaxvlm.debias.pad_mask(image_sizes)); or `valid`
-    positions  (N,) or (S, N) optional raster index within the visual span (default 0..N-1; < 0 ignored)
-Output: a JSON (the trend under "trend", loadable with jaxvlm.debias.load_trend) and a PNG (mean score vs
-position with the fitted curve; held-out scores before/after detrending).
+Two sources of score vectors:
+  model mode  `jaxvlm calibrate --model CKPT --data DIR --prune METHOD [--benchmark NAME | --prompt TEXT]`
+              runs the model on the calibration samples (a benchmark folder read by the eval harness, or a
+              plain folder of images asked `--prompt`) and records, through a probe around the METHOD's first
+              attention-based stage, exactly the score that stage ranks with (its layer, query rows and head
+              aggregation; for a debiased preset the score BEFORE debiasing) at every valid visual token,
+              with the token's position within its span (`span_index`: raster index within the image or
+              frame) and the engine's padding flags (excluded). Candidate families are fitted on the fit
+              split and the one with the smallest held-out error (log space) is written.
+  npz mode    `jaxvlm calibrate scores.npz` with
+                scores     (S, N) float   one score vector per sample
+                pad_mask   (S, N) {0,1}   optional, 1 = valid image patch; or `valid`
+                positions  (N,) or (S, N) optional raster index within the visual span (default 0..N-1; < 0 ignored)
+Output: a JSON (the trend under "trend": `--prune METHOD:trend=FILE`, `prune.debiased(trend=FILE)`,
+`jaxvlm.debias.load_trend`), a release-format .npy (w[i] = T(0)/T(i) over the calibrated span) and a PNG
+(mean score vs position with the fitted curve; held-out scores before/after detrending).
 
-    jaxvlm calibrate scores.npz --out trend.json --plot trend.png [--family exponential] [--loss log]
+    jaxvlm calibrate --model CKPT --data DIR --prune debiased_fastv [--samples 64] --out trend.json
+    jaxvlm calibrate scores.npz --out trend.json [--family exponential] [--loss log]
 """
 
 from __future__ import annotations
@@ -102,7 +113,7 @@ def calibrate(
         "samples_fit": int(len(fit_idx)),
         "samples_holdout": int(n_hold),
         "positions": int(n),
-        "padding_excluded": int((valid[fit_idx] <= 0).sum()),
+        "padding_excluded": int(((valid[fit_idx] <= 0) & (pos[fit_idx] >= 0)).sum()),
         "normalized": bool(normalize),
         "ratio": trend.ratio(int(span)),
     }
@@ -203,30 +214,175 @@ def read_npz(path: str):
     return scores, mask, positions
 
 
+# ---------------------------------------------------------------------------------------- model mode
+
+CANDIDATES = {"exponential": {"family": "exponential"}, "polynomial": {"family": "polynomial", "degree": 3}}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+
+
+def choose_family(scores, valid, positions, names=("exponential", "polynomial"), holdout: float = 0.25,
+                  seed: int = 0) -> tuple[debias.Trend, dict]:
+    """Fit each candidate family (log loss, per-sample normalised, same split) and keep the one with the
+    smallest held-out squared error of log T against the log geometric-mean profile; a candidate that is
+    not positive over the whole span (a polynomial may dip) is refused. Returns (trend, its report) with
+    every candidate's held-out R^2 under report["candidates"]."""
+    span = int(np.max(np.where(np.asarray(valid) > 0, positions, -1))) + 1
+    x = np.arange(span, dtype=np.float64)
+    fits, table = {}, {}
+    for name in names:
+        trend, rep = calibrate(scores, valid, positions, loss="log", holdout=holdout, normalize=True, seed=seed,
+                               **CANDIDATES[name])
+        r2 = rep.get("holdout", {}).get("r2", float("nan"))
+        positive = bool(np.all(trend(x) > 0))
+        table[name] = {"holdout_r2": r2, "positive_over_span": positive, "trend": trend.to_dict()}
+        if positive:
+            fits[name] = (trend, rep)
+    if not fits:
+        raise UserError(f"no candidate trend family ({', '.join(names)}) stays positive over the {span} positions")
+    best = max(fits, key=lambda k: -np.inf if np.isnan(table[k]["holdout_r2"]) else table[k]["holdout_r2"])
+    trend, rep = fits[best]
+    rep["candidates"] = table
+    rep["chosen_by"] = "held-out R^2 in log space (loss=log)"
+    rep["span"] = span
+    return trend, rep
+
+
+def release_weights(trend: debias.Trend, span: int) -> np.ndarray:
+    """The release's .npy format: w[i] = T(0)/T(i) for i = 0..span-1, float64."""
+    return np.asarray(trend.weights(np.arange(span, dtype=np.float64)), np.float64)
+
+
+def calibration_samples(data: str, benchmark: str | None, prompt: str | None, n: int, seed: int):
+    """Image samples to calibrate on: a benchmark folder through its harness reader (text-only lines
+    skipped) or a plain image folder asked `prompt`; a seeded random subset of `n` (all when fewer)."""
+    from jaxvlm.evaluation.base import Sample
+
+    root = Path(data)
+    if not root.is_dir():
+        raise UserError(f"--data {data}: not a directory")
+    if benchmark:
+        from jaxvlm import evaluation
+
+        samples = [s for s in evaluation.benchmark(benchmark).read(root, benchmark=benchmark) if s.image is not None]
+    else:
+        if not prompt:
+            raise UserError("--data without --benchmark is a folder of images: give the question with --prompt")
+        files = sorted(f for f in root.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        samples = [Sample(line=i, question_id=f.name, prompt=prompt, image=str(f), source=str(f))
+                   for i, f in enumerate(files)]
+    if len(samples) < 2:
+        raise UserError(f"--data {data}: {len(samples)} image sample(s); calibration needs at least 2")
+    if n < len(samples):
+        idx = np.sort(np.random.default_rng(seed).choice(len(samples), n, replace=False))
+        samples = [samples[i] for i in idx]
+    return samples
+
+
+def encode(processor, sample) -> dict:
+    """One sample's model inputs: the harness's prompt for the model family, its image decoded."""
+    from jaxvlm.evaluation.feed import open_image
+    from jaxvlm.evaluation.prompts import build_prompt
+
+    return processor(text=[build_prompt(processor, sample)], images=[open_image(sample)])
+
+
+def calibrate_model(model: str, data: str, method: str, samples: int = 64, benchmark: str | None = None,
+                    prompt: str | None = None, processor: str | None = None, holdout: float = 0.25,
+                    families=("exponential", "polynomial"), seed: int = 0, params=None):
+    """Run the model over calibration samples, record the stage's own scores (stage_scores.Probe), fit.
+
+    Returns (trend, report, recorded); report names the stage (type, layer, score layer, keep) and the
+    samples (source of each)."""
+    import jaxvlm
+    from experiments.stage_scores import collect, probe_target
+    from jaxvlm.prune import parse_schedule
+
+    schedule = parse_schedule(method)
+    if not schedule:
+        raise UserError(f"--prune {method!r}: no pruning stage to calibrate")
+    stage, threshold, variant = probe_target(schedule)
+    chosen = calibration_samples(data, benchmark, prompt, samples, seed)
+    params = params or jaxvlm.load(model)
+    proc = jaxvlm.Processor.from_pretrained(processor or model)
+    batches = [encode(proc, s) for s in chosen]
+    progress = lambda i, n: print(f"\rcalibration forward {i}/{n}", end="" if i < n else "\n", file=sys.stderr)  # noqa: E731
+    rec = collect(params, batches, stage, threshold, variant, progress=progress)
+    trend, report = choose_family(rec.scores, rec.valid, rec.positions, families, holdout, seed)
+    report.update(model=str(model), data=str(data), benchmark=benchmark, prune=method,
+                  stage={"type": type(stage).__name__, "layer": stage.layer, "score_layer": stage.score_layer,
+                         "keep": stage.keep, "pad_threshold": threshold, "pad_variant": variant},
+                  sample_sources=[s.source for s in chosen],
+                  visual_tokens_per_sample=[int((p >= 0).sum()) for p in rec.positions])
+    return trend, report, rec
+
+
+def write_outputs(out: str, plot: str | None, trend, report: dict, scores, valid, positions, title: str) -> tuple:
+    """trend JSON (+ release .npy beside it, w over the calibrated span) and the PNG; returns their paths."""
+    span = int(report.get("span") or (np.max(np.where(np.asarray(valid) > 0, positions, -1)) + 1
+                                      if positions is not None else np.asarray(scores).shape[1]))
+    npy = str(Path(out).with_suffix(".npy"))
+    report["release_weights"] = {"file": npy, "positions": span}
+    Path(out).write_text(json.dumps(report, indent=1))
+    np.save(npy, release_weights(trend, span))
+    png = plot or str(Path(out).with_suffix(".png"))
+    plot_calibration(png, scores, valid, positions, trend, report, title=title)
+    return npy, png
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="jaxvlm calibrate", description=__doc__.split("\n\n")[0])
-    ap.add_argument("npz", help="file with scores (S, N) [+ pad_mask/valid (S, N), positions]")
-    ap.add_argument("--family", default="exponential", choices=debias.FAMILIES)
+    ap.add_argument("npz", nargs="?", help="npz mode: scores (S, N) [+ pad_mask/valid (S, N), positions]")
+    ap.add_argument("--model", help="model mode: checkpoint directory (HF or jaxvlm)")
+    ap.add_argument("--data", help="model mode: benchmark folder (with --benchmark) or a folder of images")
+    ap.add_argument("--benchmark", help="model mode: harness reader for --data (gqa, pope, ...)")
+    ap.add_argument("--prompt", help="model mode, image folder: the question asked about every image")
+    ap.add_argument("--processor", help="model mode: processor directory (default: --model)")
+    ap.add_argument("--prune", default="debiased_fastv",
+                    help="model mode: the method whose first attention-based stage is calibrated (a --prune spec)")
+    ap.add_argument("--samples", type=int, default=64, help="model mode: calibration samples (seeded subset)")
+    ap.add_argument("--families", default="exponential,polynomial",
+                    help="model mode: candidate families, chosen by held-out error")
+    ap.add_argument("--family", default="exponential", choices=debias.FAMILIES, help="npz mode: trend family")
     ap.add_argument("--loss", default="log", choices=("lsq", "log"),
-                    help="log (default): fit log T to log scores, right for multiplicative noise and per-sample "
-                         "scale; lsq: squared error of the scores")
-    ap.add_argument("--degree", type=int, default=3, help="polynomial degree")
-    ap.add_argument("--offset", action="store_true", help="exponential: also fit the offset c (release: c = 0)")
+                    help="npz mode. log (default): fit log T to log scores, right for multiplicative noise and "
+                         "per-sample scale; lsq: squared error of the scores")
+    ap.add_argument("--degree", type=int, default=3, help="npz mode: polynomial degree")
+    ap.add_argument("--offset", action="store_true", help="npz mode, exponential: also fit the offset c (release: c = 0)")
     ap.add_argument("--holdout", type=float, default=0.25, help="share of samples held out for evaluation")
-    ap.add_argument("--normalize", action="store_true", help="divide each sample by its mean valid score first")
+    ap.add_argument("--normalize", action="store_true",
+                    help="npz mode: divide each sample by its mean valid score first (model mode always does)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="trend.json")
     ap.add_argument("--plot", default=None, help="PNG path (default: --out with .png)")
     args = ap.parse_args(argv)
     if not 0.0 <= args.holdout < 1.0:
         raise UserError(f"--holdout {args.holdout}: must be in [0, 1)")
-    scores, mask, positions = read_npz(args.npz)
-    trend, report = calibrate(scores, mask, positions, family=args.family, loss=args.loss, degree=args.degree,
-                              offset=args.offset, holdout=args.holdout, normalize=args.normalize, seed=args.seed)
-    report["source"] = str(args.npz)
-    Path(args.out).write_text(json.dumps(report, indent=1))
-    png = args.plot or str(Path(args.out).with_suffix(".png"))
-    plot_calibration(png, scores, mask, positions, trend, report, title=f"calibration: {args.npz}")
+    if (args.npz is None) == (args.model is None):
+        raise UserError("give either an .npz of score vectors or --model CKPT --data DIR (model mode)")
+    if args.model is not None:
+        families = tuple(f.strip() for f in args.families.split(",") if f.strip())
+        unknown = sorted(set(families) - set(CANDIDATES))
+        if unknown or not families:
+            raise UserError(f"--families {args.families!r}: unknown {unknown} (have {', '.join(CANDIDATES)})")
+        if args.data is None:
+            raise UserError("--model needs --data DIR (a benchmark folder with --benchmark, or images + --prompt)")
+        if args.samples < 2:
+            raise UserError(f"--samples {args.samples}: need at least 2 (some are held out)")
+        trend, report, rec = calibrate_model(args.model, args.data, args.prune, args.samples, args.benchmark,
+                                             args.prompt, args.processor, args.holdout, families, args.seed)
+        scores, mask, positions = rec.scores, rec.valid, rec.positions
+        title = f"calibration: {args.prune} on {args.model}"
+        print(f"stage: {report['stage']}; candidates (held-out R^2): "
+              + ", ".join(f"{k} {v['holdout_r2']:.3f}" for k, v in report["candidates"].items())
+              + f"; chosen {trend.family}")
+    else:
+        scores, mask, positions = read_npz(args.npz)
+        trend, report = calibrate(scores, mask, positions, family=args.family, loss=args.loss, degree=args.degree,
+                                  offset=args.offset, holdout=args.holdout, normalize=args.normalize,
+                                  seed=args.seed)
+        report["source"] = str(args.npz)
+        title = f"calibration: {args.npz}"
+    npy, png = write_outputs(args.out, args.plot, trend, report, scores, mask, positions, title)
     print(f"samples: {report['samples']} ({report['samples_fit']} fit, {report['samples_holdout']} held out), "
           f"{report['positions']} positions, {report['padding_excluded']} padding entries excluded")
     print(f"trend: {trend.family} {trend.params}  T(end)/T(0) = {report['ratio']:.3f}")
@@ -235,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"held out: R^2 {h['r2']:.3f}; rank corr(position, score) {h['rank_corr_position_score']:.3f} -> "
               f"{h['rank_corr_after_detrend']:.3f} after detrending; tail/head {h['tail_head_ratio']:.2f} -> "
               f"{h['tail_head_ratio_after_detrend']:.2f}")
-    print(f"wrote {args.out} and {png}")
+    print(f"wrote {args.out}, {npy} and {png}; use it with --prune {args.prune if args.model else 'METHOD'}:trend={args.out}")
     return 0
 
 
