@@ -2,6 +2,7 @@
 
     model, params, config = build()            # float32, seeded, initializer_range 0.1, re-drawn norms
     inputs = make_inputs(params)               # four aspect ratios, one padded batch (image_sizes (h, w))
+    masked_hf_logits(model, kwargs, drop, layer)   # transformers with pruned tokens masked (engine tests)
 
 The real LLaVA-NeXT geometry (336px tiles, patch 14, the Hub's pinpoints: images of 1,176-2,928 tokens) or the
 same shapes at 112px tiles (136-336 tokens, for the fast tests), with tiny widths (text 64, vision 32). After
@@ -137,3 +138,27 @@ def torch_logits(model, inputs: dict) -> np.ndarray:
                     pixel_values=torch.as_tensor(inputs["pixel_values"]),
                     image_sizes=torch.as_tensor(inputs["image_sizes"]))
     return out.logits.float().numpy()
+
+
+def masked_hf_logits(model, hf_kwargs: dict, drop: np.ndarray, from_layer: int) -> np.ndarray:
+    """transformers' logits of `model(**hf_kwargs)` (torch tensors) with the keys `drop` (B, S) bool masked out
+    of every attention of a Llama layer >= from_layer (the engine's pruning, as an attention mask)."""
+    import torch
+    from transformers.models.llama import modeling_llama
+
+    original = modeling_llama.eager_attention_forward
+    drop_t = torch.as_tensor(drop)
+
+    def patched(module, query, key, value, attention_mask, *args, **kwargs):
+        if getattr(module, "layer_idx", -1) >= from_layer and attention_mask is not None:
+            d = drop_t[:, None, None, : attention_mask.shape[-1]]
+            attention_mask = (attention_mask & ~d if attention_mask.dtype == torch.bool
+                              else attention_mask.masked_fill(d, torch.finfo(attention_mask.dtype).min))
+        return original(module, query, key, value, attention_mask, *args, **kwargs)
+
+    modeling_llama.eager_attention_forward = patched
+    try:
+        with torch.no_grad():
+            return model(**hf_kwargs).logits.float().numpy()
+    finally:
+        modeling_llama.eager_attention_forward = original

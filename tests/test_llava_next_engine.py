@@ -14,7 +14,7 @@ import jaxvlm
 from engine_stages import FastV
 from jaxvlm import debias, prune
 from jaxvlm.models import llava_next
-from llava_next_reference import IMAGE_TOKEN, PAD_TOKEN, SMALL_SIZES, build, make_inputs
+from llava_next_reference import IMAGE_TOKEN, PAD_TOKEN, SMALL_SIZES, build, make_inputs, masked_hf_logits
 
 ATOL = 1e-4
 EOS = 2
@@ -38,29 +38,6 @@ def hf_inputs(inputs: dict) -> dict:
             "position_ids": (mask.cumsum(-1) - 1).clamp(min=0),
             "pixel_values": torch.as_tensor(inputs["pixel_values"]),
             "image_sizes": torch.as_tensor(inputs["image_sizes"])}
-
-
-def masked_hf_logits(model, inputs: dict, drop: np.ndarray, from_layer: int) -> np.ndarray:
-    """transformers' logits with the keys `drop` (B, S) bool masked out of every attention of layer >= from_layer."""
-    import torch
-    from transformers.models.llama import modeling_llama
-
-    original = modeling_llama.eager_attention_forward
-    drop_t = torch.as_tensor(drop)
-
-    def patched(module, query, key, value, attention_mask, *args, **kwargs):
-        if getattr(module, "layer_idx", -1) >= from_layer and attention_mask is not None:
-            d = drop_t[:, None, None, : attention_mask.shape[-1]]
-            attention_mask = (attention_mask & ~d if attention_mask.dtype == torch.bool
-                              else attention_mask.masked_fill(d, torch.finfo(attention_mask.dtype).min))
-        return original(module, query, key, value, attention_mask, *args, **kwargs)
-
-    modeling_llama.eager_attention_forward = patched
-    try:
-        with torch.no_grad():
-            return model(**hf_inputs(inputs)).logits.float().numpy()
-    finally:
-        modeling_llama.eager_attention_forward = original
 
 
 def test_greedy_matches_transformers_generate(models, inputs):
@@ -101,7 +78,7 @@ def test_fastv_matches_transformers_with_masked_layers(models, inputs):
 
     drop = ids == IMAGE_TOKEN
     np.put_along_axis(drop, kept, False, axis=1)
-    ref = masked_hf_logits(model, inputs, drop, layer)
+    ref = masked_hf_logits(model, hf_inputs(inputs), drop, layer)
     src, got = np.asarray(out.src), np.asarray(out.logits)
     for r in range(ids.shape[0]):
         np.testing.assert_allclose(got[r][src[r] >= 0], ref[r, src[r][src[r] >= 0]], atol=ATOL, rtol=0)
@@ -121,7 +98,8 @@ def test_fastv_cached_decode_matches_transformers_with_masked_layers(models, inp
     b = ids.shape[0]
     full = dict(inputs, input_ids=np.concatenate([ids, toks[:, : n - 1]], axis=1),
                 attention_mask=np.concatenate([inputs["attention_mask"], np.ones((b, n - 1), np.int64)], axis=1))
-    ref = masked_hf_logits(model, full, np.concatenate([drop, np.zeros((b, n - 1), bool)], axis=1), layer)
+    full_drop = np.concatenate([drop, np.zeros((b, n - 1), bool)], axis=1)
+    ref = masked_hf_logits(model, hf_inputs(full), full_drop, layer)
     t = ids.shape[1]
     np.testing.assert_allclose(np.asarray(gen.logits), ref[:, t - 1: t - 1 + n], atol=ATOL, rtol=0)
 

@@ -1,0 +1,68 @@
+"""Video-LLaVA through the engine against transformers: greedy generate, and FastV over image + video tokens
+(video CLS tokens included) equal to transformers with the dropped tokens masked. Tolerance 1e-4 (as
+tests/test_video_llava.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import jaxvlm
+from engine_stages import FastV
+from llava_next_reference import masked_hf_logits
+from llava_reference import IMAGE_TOKEN, PAD_TOKEN
+from video_llava_reference import VIDEO_TOKEN, build, make_inputs
+
+ATOL = 1e-4
+EOS = 2
+
+
+@pytest.fixture(scope="module")
+def models():
+    return build(text_layers=3, vision_layers=1, seed=2)
+
+
+@pytest.fixture(scope="module")
+def inputs(models):
+    return make_inputs(models[1], rows=("image", "video"), text=(30, 20), seed=1)
+
+
+def hf_kwargs(inputs: dict) -> dict:
+    import torch
+
+    mask = torch.as_tensor(inputs["attention_mask"])
+    return {"input_ids": torch.as_tensor(inputs["input_ids"]), "attention_mask": mask,
+            "position_ids": (mask.cumsum(-1) - 1).clamp(min=0),
+            "pixel_values": torch.as_tensor(inputs["pixel_values"]),
+            "pixel_values_videos": torch.as_tensor(inputs["pixel_values_videos"])}
+
+
+def test_greedy_matches_transformers_generate(models, inputs):
+    import torch
+
+    model, params, _ = models
+    n = 8
+    with torch.no_grad():
+        ref = model.generate(**{k: v for k, v in hf_kwargs(inputs).items() if k != "position_ids"},
+                             max_new_tokens=n, do_sample=False, eos_token_id=EOS, pad_token_id=PAD_TOKEN)
+    ref = ref[:, inputs["input_ids"].shape[1]:].numpy()
+    ref = np.pad(ref, ((0, 0), (0, n - ref.shape[1])), constant_values=PAD_TOKEN)
+    out = jaxvlm.generate(params, **inputs, max_new_tokens=n, eos_token_id=EOS, pad_token_id=PAD_TOKEN)
+    np.testing.assert_array_equal(np.asarray(out.tokens), ref)
+
+
+def test_fastv_matches_transformers_with_masked_layers(models, inputs):
+    """FastV keep 64 at layer 2: rows of 256 image tokens and of 2,056 video tokens (the batch's plan keeps 64
+    of each row's visual tokens); prefill logits at the survivors equal transformers with the rest masked."""
+    model, params, _ = models
+    ids, layer, keep = inputs["input_ids"], 2, 64
+    out = jaxvlm.forward(params, **inputs, prune=(FastV(layer=layer, keep=keep),))
+    kept = np.asarray(out.kept[0])
+    visual = np.isin(ids, [IMAGE_TOKEN, VIDEO_TOKEN])
+    assert visual[np.arange(2)[:, None], kept].all()
+    drop = visual.copy()
+    np.put_along_axis(drop, kept, False, axis=1)
+    ref = masked_hf_logits(model, hf_kwargs(inputs), drop, layer)
+    src, got = np.asarray(out.src), np.asarray(out.logits)
+    for r in range(2):
+        np.testing.assert_allclose(got[r][src[r] >= 0], ref[r, src[r][src[r] >= 0]], atol=ATOL, rtol=0)
