@@ -83,6 +83,32 @@ def test_param_counts_match_transformers(make):
     assert ours == theirs
 
 
+def test_eval_shape_forward_vicuna_7b():
+    """The whole forward (5 tiles through the tower, packing, 32 layers, logits) traces at full size."""
+    from jaxvlm.layers import causal_mask
+    from jaxvlm.model import VLM
+    from jaxvlm.models import decoder
+
+    cfg = llava_next.parse_config(vicuna_7b())
+    n = llava_next.grid_layout((672, 672), cfg).tokens
+    ids = np.full((1, n + 20), 5, np.int64)
+    ids[0, 10:10 + n] = cfg.image_token_id
+    batch = llava_next.prepare(cfg, ids, pixel_values=np.zeros((1, 5, 3, 336, 336), np.float32),
+                               image_sizes=[[672, 672]])
+    structs = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s, jnp.bfloat16), llava_next.weight_shapes(cfg),
+                           is_leaf=lambda s: isinstance(s, tuple))
+
+    def run(params, batch):
+        emb = llava_next.embed(params, batch)
+        cos, sin = decoder.rotary(emb.positions, cfg.text)
+        x, _ = decoder.run_layers(params.weights["text"]["layers"], emb.embeds, cos, sin, causal_mask(emb.valid),
+                                  cfg.text)
+        return decoder.final_logits(params.weights["text"], x, cfg.text)
+
+    out = jax.eval_shape(run, VLM(structs, cfg), batch)
+    assert n == 2928 and out.shape == (1, n + 20, 32064) and out.dtype == jnp.float32
+
+
 @pytest.mark.parametrize("where", ["top", "text_config", "vision_config"])
 def test_unknown_attribute_is_refused_by_name(where):
     d = mistral_7b()
@@ -182,6 +208,15 @@ def test_every_key_layout_converts(cfg):
         back = convert(tab, llava_next.weight_shapes(cfg), DictReader(state))
         for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(params.weights)):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_feature_layer_list_parity():
+    """vision_feature_layer as a list (hidden states concatenated before the projector), logits at 1e-4."""
+    model, params, _ = build(text_layers=1, vision_layers=2, feature_layer=[-3, -1])
+    inputs = make_inputs(params, sizes=((60, 240),), text=(12,))
+    diff = np.abs(np.asarray(jaxvlm.forward(params, **inputs).logits) - torch_logits(model, inputs)).max()
+    print(f"feature layers [-3, -1]: max |logit diff| = {diff:.2e}")
+    assert diff < 1e-4
 
 
 def test_load_save_pretrained_directory(tmp_path):

@@ -82,7 +82,7 @@ def parse_config(d: Mapping[str, Any]) -> LlavaNextConfig:
             "use_image_newline_parameter False is not implemented (transformers always appends image_newline)")
     require(SECTION, d.get("vision_feature_select_strategy", "default") == "default",
             f"vision_feature_select_strategy {d.get('vision_feature_select_strategy')!r} is not implemented: "
-            "transformers' pack_image_features needs G*G tokens per tile (the CLS token dropped, 'default')")
+            "transformers' pack_image_features reshapes every tile to G x G tokens, which 'full' (CLS kept) is not")
     vision = d.get("vision_config")
     base = {k: v for k, v in d.items() if k not in NEXT_KEYS}
     base.update(model_type="llava", text_config=_text_dict(d))
