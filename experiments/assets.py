@@ -23,13 +23,12 @@ def vicuna_prompt(question: str) -> str:
 
 
 def photo(name: str) -> np.ndarray:
-    """An RGB uint8 photograph (H, W, 3) from skimage.data."""
-    from skimage import color, data
+    """An RGB uint8 photograph (H, W, 3) from skimage.data (grey or alpha photos through jaxvlm.images.to_rgb)."""
+    from skimage import data
 
-    img = data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(data, name)()
-    if img.ndim == 2:
-        img = (color.gray2rgb(img) * (255 if img.dtype != np.uint8 else 1)).astype(np.uint8)
-    return np.ascontiguousarray(img[..., :3])
+    from jaxvlm.images import to_rgb
+
+    return to_rgb(data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(data, name)())
 
 
 CORPUS = (

@@ -12,8 +12,11 @@ Qwen2-VL / Qwen2.5-VL: transformers' Qwen2VLProcessor / Qwen2_5_VLProcessor insi
     which needs torchvision; a subclass declaring only (image_processor, tokenizer) works without it (images
     only). Returns input_ids, attention_mask, mm_token_type_ids, pixel_values (patches, C*2*14*14),
     image_grid_thw (N,3).
-Integer arrays come back as int32, pixel arrays as float32. Text, chat templates and decoding go through
-`proc.tokenizer` / `proc.hf` (the wrapped transformers processor).
+Images (PIL, any mode, or arrays) are converted to uint8 RGB by `jaxvlm.images.to_rgb` first (16-bit and
+float images scaled, transparency composited onto white as transformers does; empty images refused), so
+every mode reaches the image processor as the picture it shows. Integer arrays come back as int32, pixel
+arrays as float32. Text, chat templates and decoding go through `proc.tokenizer` / `proc.hf` (the wrapped
+transformers processor).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import os
 from typing import Any, Sequence
 
 import numpy as np
+
+from jaxvlm.images import to_rgb
 
 PROCESSOR_FAMILIES = {
     "LlavaProcessor": "llava", "Qwen2VLProcessor": "qwen2_vl", "Qwen2_5_VLProcessor": "qwen2_5_vl",
@@ -96,17 +101,6 @@ def hf_processor_class(family: str):
     return _image_only(base)
 
 
-def image_size_wh(image) -> tuple[int, int]:
-    """Original (width, height) of a PIL image or an HWC / CHW array."""
-    if hasattr(image, "size") and not isinstance(image, np.ndarray) and isinstance(image.size, tuple):
-        return int(image.size[0]), int(image.size[1])
-    from transformers.image_utils import get_image_size, infer_channel_dimension_format
-
-    arr = np.asarray(image)
-    h, w = get_image_size(arr, infer_channel_dimension_format(arr))
-    return int(w), int(h)
-
-
 class Processor:
     """A transformers processor whose outputs are the named numpy arrays of `jaxvlm.forward` / `generate`."""
 
@@ -143,15 +137,16 @@ class Processor:
                                       "torchvision; pass pixel_values_videos / video_grid_thw yourself")
         if isinstance(text, str):
             text = [text]
-        if images is not None and not isinstance(images, (list, tuple)):
-            images = [images]
+        if images is not None:
+            images = images if isinstance(images, (list, tuple)) else [images]
+            images = [to_rgb(im, f"images[{i}]") for i, im in enumerate(images)]
         out = self.hf(text=list(text), images=images, padding=padding, return_tensors="np", **kwargs)
         arrays = {k: np.asarray(v) for k, v in out.items()}
         if self.family == "llava":
             arrays.pop("mm_token_type_ids", None)
             arrays.pop("token_type_ids", None)
-            if images is not None:
-                arrays["image_sizes"] = np.array([image_size_wh(im) for im in images], np.int32).reshape(-1, 2)
+            if images is not None:  # original (width, height)
+                arrays["image_sizes"] = np.array([im.shape[1::-1] for im in images], np.int32).reshape(-1, 2)
         else:
             arrays.pop("token_type_ids", None)
         for k in list(arrays):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import inspect
 import weakref
 
 import jax
@@ -20,11 +21,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from jaxvlm import input_checks as checks
 from jaxvlm.config import TextConfig
 from jaxvlm.engine import sharding as shard
 from jaxvlm.engine.decode import Sampling, decode
 from jaxvlm.engine.prefill import Plan, make_plan, prefill
 from jaxvlm.engine.state import TokenState, from_embedded, pad_to
+from jaxvlm.errors import UserError
 from jaxvlm.models import decoder
 
 BUCKET = 64  # prompt lengths are padded to a multiple of this
@@ -86,26 +89,19 @@ def host_pad_masks(config, image_sizes, stages):
     bit-for-bit the release; in float32 inside jit 28 of 1e6 image sizes differ at threshold 0.01).
 
     One (M, grid*grid) float32 {0,1} array per stage of `stages` that carries a `pad_threshold` (set by
-    prune.debiased; variant `stage.pad_variant`, default "release"), None for the others. None when the model
+    prune.debiased; variant `stage.pad_variant`, default "release"; never empty, see
+    prune.debiased.stage_pad_mask), None for the others. None when the model
     has no padded square grid or image_sizes is absent (then StageContext.pad is all False)."""
     vision = getattr(config, "vision", None)
     if image_sizes is None or not hasattr(vision, "grid") or not hasattr(vision, "image_size"):
         return None
     if not any(getattr(st, "pad_threshold", None) is not None for st in stages):
         return None
-    from jaxvlm import debias
+    from jaxvlm.prune.debiased import stage_pad_mask
 
     sizes = np.asarray(image_sizes)
-    masks = []
-    for st in stages:
-        threshold = getattr(st, "pad_threshold", None)
-        if threshold is None:
-            masks.append(None)
-            continue
-        m = debias.make_pad_mask(sizes, variant=getattr(st, "pad_variant", "release"), threshold=float(threshold),
-                                 grid=vision.grid, image_size=vision.image_size, exact=True)
-        masks.append(np.asarray(m, np.float32))
-    return tuple(masks)
+    return tuple(None if getattr(st, "pad_threshold", None) is None
+                 else stage_pad_mask(st, sizes, grid=vision.grid, image_size=vision.image_size) for st in stages)
 
 
 def pad_flags_fn(stages, masks):
@@ -212,7 +208,7 @@ def _eos_pad(eos_token_id, pad_token_id) -> tuple[np.ndarray, np.ndarray]:
 
 def _sampling(temperature: float, top_p: float) -> Sampling:
     if temperature < 0 or not 0 < top_p <= 1:
-        raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1 (got {temperature}, {top_p})")
+        raise UserError(f"need temperature >= 0 and 0 < top_p <= 1 (got {temperature}, {top_p})")
     greedy = temperature == 0
     return Sampling(temperature=jnp.float32(temperature if not greedy else 1.0), top_p=jnp.float32(top_p),
                     greedy=greedy, use_top_p=(not greedy) and top_p < 1.0)
@@ -229,14 +225,17 @@ def _media_token_ids(config) -> set[int]:
 
 def pad_inputs(config, inputs: dict, bucket: int) -> tuple[dict, np.ndarray]:
     """Right-pad every (B, T) input to `bucket` (attention_mask 0, ids a non-media id). Returns (inputs, mask)."""
-    ids = np.asarray(inputs["input_ids"])
-    if ids.ndim != 2:
-        raise ValueError(f"input_ids must be (B, T), got shape {ids.shape}")
+    ids = checks.int_array("input_ids", inputs["input_ids"], ndim=2)
     b, t = ids.shape
     mask = inputs.get("attention_mask")
     mask = np.ones((b, t), np.int64) if mask is None else np.asarray(mask)
     if mask.shape != (b, t):
-        raise ValueError(f"attention_mask shape {mask.shape} != input_ids shape {ids.shape}")
+        raise UserError(f"attention_mask shape {mask.shape} != input_ids shape {ids.shape}")
+    if b == 0 or t == 0:
+        raise UserError(f"input_ids has shape {ids.shape}: need at least one row and one token (empty prompt?)")
+    empty = ~mask.astype(bool).any(axis=1)
+    if empty.any():
+        raise UserError(f"row {int(np.argmax(empty))} of attention_mask is all 0: every row needs a real token")
     media = _media_token_ids(config)
     pad_id = next(i for i in range(len(media) + 1) if i not in media)
     out = dict(inputs)
@@ -268,13 +267,18 @@ def _prepared(params, inputs: dict, prune, max_new: int):
     from jaxvlm.model import family
 
     if "input_ids" not in inputs:
-        raise ValueError("input_ids is required")
-    t = np.asarray(inputs["input_ids"]).shape[1]
+        raise UserError("input_ids is required")
+    prepare = family(params).prepare
+    accepted = list(inspect.signature(prepare).parameters)[1:]
+    unknown = sorted(set(inputs) - set(accepted))
+    if unknown:
+        raise UserError(f"unexpected input(s) {unknown} for a {params.config.family} model (accepted: {accepted})")
+    t = checks.int_array("input_ids", inputs["input_ids"], ndim=2).shape[1]
     bucket = bucket_length(t)
     padded, mask = pad_inputs(params.config, inputs, bucket)
     counts = visual_counts(params.config, inputs["input_ids"], mask)
     plan = make_plan(params.config.text, prune, bucket, counts, max_new)
-    batch = family(params).prepare(params.config, **padded)
+    batch = prepare(params.config, **padded)
     return batch, plan, t, host_pad_masks(params.config, batch.get("image_sizes"), plan.stages)
 
 
@@ -288,7 +292,7 @@ def generate(params, prune=None, max_new_tokens: int = 32, temperature: float = 
     `output_logits=True` also returns each step's logits (`out.logits`, (B, max_new_tokens, V)).
     """
     if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        raise UserError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     eos, pad_id = _eos_pad(eos_token_id, pad_token_id)
     batch, plan, _, pad_masks = _prepared(params, inputs, prune, max_new_tokens)
     tokens, kept, logits = _generate_vlm(params, batch, jax.random.key(seed), _sampling(temperature, top_p),

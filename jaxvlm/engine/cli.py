@@ -21,22 +21,6 @@ def status(message: str) -> None:
     print(f"[jaxvlm] {message} ...", file=sys.stderr, flush=True)
 
 
-def open_image(path: str):
-    """The RGB image at `path` as a uint8 (H, W, 3) array; UserError naming the file if it cannot be read."""
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
-
-    from jaxvlm.errors import UserError
-
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except FileNotFoundError:
-        raise UserError(f"--image {path}: no such file") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise UserError(f"--image {path}: not a readable image ({e})") from None
-
-
 def build_prompt(processor, prompt: str, template: str) -> str:
     """The text the processor expands: LLaVA-1.5's vicuna template, the tokenizer's chat template, or raw."""
     if template == "raw":
@@ -70,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     import jaxvlm
     from jaxvlm import prune
     from jaxvlm.errors import UserError
+    from jaxvlm.images import open_image
 
     # Everything the user gave is checked before the model is read.
     schedule = prune.parse_schedule(args.prune)
@@ -80,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     for flag, path in (("CHECKPOINT", args.checkpoint), ("--processor", args.processor)):
         if path is not None and not os.path.isdir(path):
             raise UserError(f"{flag} {path}: no such directory")
-    image = open_image(args.image)
+    image = open_image(args.image, "--image")  # any PIL mode as the RGB picture it shows (jaxvlm.images)
     processor = jaxvlm.Processor.from_pretrained(args.processor or args.checkpoint)
     status(f"loading {args.checkpoint} ({args.dtype})")
     params = jaxvlm.load(args.checkpoint, dtype=args.dtype, progress=True)

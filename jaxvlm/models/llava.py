@@ -19,7 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxvlm import input_checks as checks
 from jaxvlm.config import TextConfig, UnsupportedConfigError, check_fields, parse_text_config, require
+from jaxvlm.errors import UserError
 from jaxvlm.layers import activation
 from jaxvlm.model import VLM, Embedded
 from jaxvlm.models import clip, decoder
@@ -115,21 +117,20 @@ def weight_shapes(cfg: LlavaConfig) -> dict:
 def prepare(cfg: LlavaConfig, input_ids, attention_mask=None, pixel_values=None, image_sizes=None) -> dict:
     """Validate transformers-style inputs and derive everything `embed` needs (numpy, host side).
 
+    Bad inputs raise UserError naming the tensor (out-of-vocabulary ids, non-finite pixels, shapes, counts).
+
     Returns input_ids (B,T) int32, valid (B,T) bool, positions (1,B,T) int32 (cumsum(mask) - 1, i.e. counted
     from each row's first real token, 0 on left padding), pixel_values (I,C,S,S) float32, feature_index (B,T)
     int32 (row of the flattened (I * tokens_per_image) features each image token takes; -1 for text) and the
     per-token metadata of `Embedded` (visual, media, frame, row, col, span_index); image_sizes (I,2) int32
     when given.
     """
-    ids = np.asarray(input_ids)
-    if ids.ndim != 2:
-        raise ValueError(f"input_ids must be (batch, tokens); got shape {ids.shape}")
-    if not np.issubdtype(ids.dtype, np.integer):
-        raise ValueError(f"input_ids must be integers; got {ids.dtype}")
+    ids = checks.int_array("input_ids", input_ids, ndim=2)
+    checks.check_token_ids(ids, cfg.text.vocab_size)
     ids = ids.astype(np.int32)
     mask = np.ones(ids.shape, dtype=bool) if attention_mask is None else np.asarray(attention_mask).astype(bool)
     if mask.shape != ids.shape:
-        raise ValueError(f"attention_mask shape {mask.shape} != input_ids shape {ids.shape}")
+        raise UserError(f"attention_mask shape {mask.shape} != input_ids shape {ids.shape}")
     vc = cfg.vision
     if pixel_values is None:
         pixels = np.zeros((0, vc.num_channels, vc.image_size, vc.image_size), np.float32)
@@ -137,13 +138,14 @@ def prepare(cfg: LlavaConfig, input_ids, attention_mask=None, pixel_values=None,
         pixels = np.asarray(pixel_values, dtype=np.float32)
         want = (vc.num_channels, vc.image_size, vc.image_size)
         if pixels.ndim != 4 or pixels.shape[1:] != want:
-            raise ValueError(f"pixel_values must be (num_images, {', '.join(map(str, want))}); got {pixels.shape}")
+            raise UserError(f"pixel_values must be (num_images, {', '.join(map(str, want))}); got {pixels.shape}")
+        checks.check_finite(pixels, "pixel_values")
     n_images, per_image = pixels.shape[0], cfg.tokens_per_image
     is_image = ids == cfg.image_token_id
     n_tokens = int(is_image.sum())
     if n_tokens != n_images * per_image:
         per_row = is_image.sum(axis=1).tolist()
-        raise ValueError(
+        raise UserError(
             f"image tokens and image features do not match: input_ids hold {n_tokens} image tokens "
             f"(id {cfg.image_token_id}; per row {per_row}) but {n_images} image(s) x {per_image} tokens per "
             f"image = {n_images * per_image} features. Each image needs exactly {per_image} consecutive image "
@@ -169,9 +171,12 @@ def prepare(cfg: LlavaConfig, input_ids, attention_mask=None, pixel_values=None,
         "span_index": np.where(span >= 0, span, -1).astype(np.int32),
     }
     if image_sizes is not None:
-        sizes = np.asarray(image_sizes)
+        sizes = checks.int_array("image_sizes", image_sizes)
         if sizes.shape != (n_images, 2):
-            raise ValueError(f"image_sizes must be (num_images={n_images}, 2); got {sizes.shape}")
+            raise UserError(f"image_sizes must be (num_images={n_images}, 2) (width, height); got {sizes.shape}")
+        if sizes.size and sizes.min() < 1:
+            i = int(np.argmax(sizes.min(axis=1) < 1))
+            raise UserError(f"image_sizes[{i}] = {sizes[i].tolist()}: (width, height) of an image must be >= 1")
         batch["image_sizes"] = sizes.astype(np.int32)
     return batch
 

@@ -27,9 +27,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxvlm import input_checks as checks
 from jaxvlm.config import (
     TEXT_BENIGN, TEXT_KEYS, TextConfig, UnsupportedConfigError, check_fields, parse_text_config, require,
 )
+from jaxvlm.errors import UserError
 from jaxvlm.layers import ACTIVATIONS
 from jaxvlm.model import VLM, Embedded
 from jaxvlm.models import decoder, qwen_vision
@@ -208,16 +210,16 @@ def rope_index(cfg: QwenVLConfig, mm_token_type_ids: np.ndarray, attention_mask:
                 cur += n
                 continue
             if kind not in (IMAGE, VIDEO):
-                raise ValueError(f"mm_token_type_ids value {kind} (row {row}) is not 0 (text), 1 (image) or 2 (video)")
+                raise UserError(f"mm_token_type_ids value {kind} (row {row}) is not 0 (text), 1 (image) or 2 (video)")
             what = "image" if kind == IMAGE else "video"
             k = nxt[kind]
             if k >= len(grids[kind]):
-                raise ValueError(f"row {row}: more {what} token spans than entries in {what}_grid_thw "
+                raise UserError(f"row {row}: more {what} token spans than entries in {what}_grid_thw "
                                  f"({len(grids[kind])})")
             gt, gh, gw = (int(v) for v in grids[kind][k])
             hm, wm = gh // m, gw // m
             if n != gt * hm * wm:
-                raise ValueError(
+                raise UserError(
                     f"row {row}: a run of {n} {what} tokens stands for {what} {k} with grid_thw {[gt, gh, gw]}, "
                     f"which has {gt * hm * wm} tokens (t*h*w/{m * m}); every {what} needs its own span of exactly "
                     "that many tokens (separate adjacent spans with text, e.g. vision_start/vision_end)")
@@ -239,7 +241,7 @@ def rope_index(cfg: QwenVLConfig, mm_token_type_ids: np.ndarray, attention_mask:
             deltas[row] = pos.max() + 1 - keep.size
     for kind, what in ((IMAGE, "image"), (VIDEO, "video")):
         if nxt[kind] != len(grids[kind]):
-            raise ValueError(f"{len(grids[kind])} {what}s given ({what}_grid_thw) but the prompt has "
+            raise UserError(f"{len(grids[kind])} {what}s given ({what}_grid_thw) but the prompt has "
                              f"{nxt[kind]} {what} token spans")
     return positions, deltas, meta
 
@@ -264,55 +266,56 @@ def prepare(cfg: QwenVLConfig, input_ids, attention_mask=None, pixel_values=None
     `vis_*` of `qwen_vision.index_arrays`. `mm_token_type_ids` is derived from the ids when absent (and must
     agree with them when given); `second_per_grid_ts` (one per video) spaces Qwen2.5-VL video time positions.
     `image_sizes` is accepted for API uniformity and unused (Qwen images are resized, never padded).
+    Bad inputs raise UserError naming the tensor (out-of-vocabulary ids, non-finite pixels, shapes, counts).
     """
-    ids = _as_np(input_ids, np.int64)
-    if ids.ndim != 2:
-        raise ValueError(f"input_ids must be (B, T), got {ids.shape}")
+    ids = checks.int_array("input_ids", input_ids, ndim=2).astype(np.int64)
+    checks.check_token_ids(ids, cfg.text.vocab_size)
     b, t_len = ids.shape
     mask = np.ones((b, t_len), bool) if attention_mask is None else _as_np(attention_mask).astype(bool)
     if mask.shape != ids.shape:
-        raise ValueError(f"attention_mask {mask.shape} != input_ids {ids.shape}")
+        raise UserError(f"attention_mask {mask.shape} != input_ids {ids.shape}")
     is_img, is_vid = ids == cfg.image_token_id, ids == cfg.video_token_id
     if mm_token_type_ids is None:
         types = np.where(is_img, IMAGE, np.where(is_vid, VIDEO, TEXT))
     else:
         types = _as_np(mm_token_type_ids, np.int64)
         if types.shape != ids.shape:
-            raise ValueError(f"mm_token_type_ids {types.shape} != input_ids {ids.shape}")
+            raise UserError(f"mm_token_type_ids {types.shape} != input_ids {ids.shape}")
         bad = ((types == IMAGE) != is_img) | ((types == VIDEO) != is_vid)
         if (bad & mask).any():
-            raise ValueError("mm_token_type_ids disagrees with the image/video token ids in input_ids")
+            raise UserError("mm_token_type_ids disagrees with the image/video token ids in input_ids")
     if ((is_img | is_vid) & ~mask).any():
-        raise ValueError("image/video tokens at padding positions (attention_mask == 0)")
+        raise UserError("image/video tokens at padding positions (attention_mask == 0)")
     vcfg = cfg.vision
     media = []  # (pixel rows, grids) for images then videos
     for name, pix, grid, tok in (("image", pixel_values, image_grid_thw, is_img),
                                  ("video", pixel_values_videos, video_grid_thw, is_vid)):
         pv_name = "pixel_values" if name == "image" else "pixel_values_videos"
         if (pix is None) != (grid is None):
-            raise ValueError(f"{pv_name} and {name}_grid_thw must be given together")
+            raise UserError(f"{pv_name} and {name}_grid_thw must be given together")
         if pix is None:
             if tok.any():
-                raise ValueError(f"input_ids hold {int(tok.sum())} {name} tokens but no {pv_name} was given")
+                raise UserError(f"input_ids hold {int(tok.sum())} {name} tokens but no {pv_name} was given")
             continue
         g = qwen_vision.check_grids(vcfg, grid, f"{name}_grid_thw")
         pix = _as_np(pix)
         if pix.ndim != 2 or pix.shape[1] != vcfg.patch_dim:
-            raise ValueError(f"{pv_name} must be (num_patches, {vcfg.patch_dim}) "
-                             f"(C*temporal_patch*patch*patch), got {pix.shape}")
+            raise UserError(f"{pv_name} must be (num_patches, {vcfg.patch_dim}) "
+                            f"(C*temporal_patch*patch*patch), got {pix.shape}")
+        checks.check_finite(pix, pv_name)
         if pix.shape[0] != int(g.prod(-1).sum()):
-            raise ValueError(f"{pv_name} has {pix.shape[0]} patch rows, {name}_grid_thw needs "
+            raise UserError(f"{pv_name} has {pix.shape[0]} patch rows, {name}_grid_thw needs "
                              f"{int(g.prod(-1).sum())} (sum of t*h*w)")
         n_tok, n_feat = int(tok.sum()), int(g.prod(-1).sum()) // vcfg.merge_unit
         if n_tok != n_feat:
-            raise ValueError(f"{name} features and {name} tokens do not match: input_ids hold {n_tok} {name} "
+            raise UserError(f"{name} features and {name} tokens do not match: input_ids hold {n_tok} {name} "
                              f"tokens, {name}_grid_thw gives {n_feat} features (t*h*w/{vcfg.merge_unit})")
         media.append((pix, g))
     img_grid = _as_np(image_grid_thw, np.int64) if image_grid_thw is not None else None
     vid_grid = _as_np(video_grid_thw, np.int64) if video_grid_thw is not None else None
     spgt = _as_np(second_per_grid_ts, np.float32)
     if spgt is not None and (vid_grid is None or spgt.reshape(-1).shape[0] != len(vid_grid)):
-        raise ValueError("second_per_grid_ts needs one entry per video")
+        raise UserError("second_per_grid_ts needs one entry per video")
     if media:
         positions, deltas, meta = rope_index(cfg, types, mask, img_grid, vid_grid,
                                              None if spgt is None else spgt.reshape(-1))

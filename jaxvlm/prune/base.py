@@ -22,6 +22,11 @@ Engine rules a stage can rely on (jaxvlm/engine/prefill.py):
 - `keep` must not exceed the visual tokens entering the stage (the batch maximum at the first stage, the
   previous stage's `keep` after it): a host-side ValueError otherwise. Rows with fewer candidates keep
   padding slots (valid False).
+- Optional method `fit(n_max: int) -> Stage` (host side, at plan time, right after `resolve`): the budget rule
+  for a `keep` above `n_max`, the most visual tokens any row brings to the stage (the bound above). FastV-style
+  stages (`budget_default = "lower"`) return a copy with keep = n_max, so every row keeps min(K, its visual
+  count) - e.g. `prune.fastv()` / `prune.debiased_fastv()` (K = 128) on a Qwen2-VL image of 83 tokens keep
+  all 83; "fill" stages return themselves and the engine's error stands. prune.debiased forwards it.
 - Optional attribute `renumber: bool` (default False): after the stage, positions of the survivors are
   renumbered contiguously per row (PyramidDrop's upstream default); otherwise original positions are kept.
 - Stages must be frozen dataclasses (hashable): the schedule is a static argument of the compiled program.
@@ -100,6 +105,7 @@ class Stage(Protocol):
 
     # Optional (host side, see the module docstring):
     # def resolve(self, n_in: int, n_visual: int) -> Stage: a copy with concrete counts.
+    # def fit(self, n_max: int) -> Stage: the budget rule for a keep above the visual tokens available.
 
 
 # ------------------------------------------------------------------------ helpers shared by the methods

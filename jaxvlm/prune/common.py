@@ -9,6 +9,8 @@ argsort in numpy both give, so reference implementations in tests agree exactly.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
@@ -49,6 +51,14 @@ def check_budget_mode(mode: str) -> str:
         raise ValueError(f"budget={mode!r}: expected 'lower' (keep only non-padding tokens, fewer than K if "
                          "needed; FastV's rule) or 'fill' (always K, padding tokens fill up with score 0)")
     return mode
+
+
+def fit_keep(stage, n_max: int):
+    """`stage` with keep = min(keep, n_max) (a dataclasses.replace copy; the stage itself when it fits, is
+    unresolved, or n_max < 1: nothing to keep, the engine's own error stands)."""
+    if stage.keep is None or n_max < 1 or stage.keep <= n_max:
+        return stage
+    return dataclasses.replace(stage, keep=int(n_max))
 
 
 def check_capacity(keep: int, t: int, name: str = "keep") -> None:
@@ -195,6 +205,7 @@ __all__ = [
     "check_layer",
     "check_ratio",
     "cosine",
+    "fit_keep",
     "gather_rows",
     "head_mean_probs",
     "last_token_rows",
@@ -235,6 +246,12 @@ class TopKStage:
     budget_default = "fill"
     renumber = False
     pad_threshold = None  # set by `prune.debiased`; the engine builds StageContext.pad with it
+
+    def fit(self, n_max: int):
+        """The budget rule at plan time (jaxvlm.prune.base): a "lower" stage (FastV) asked to keep more than the
+        `n_max` visual tokens any row brings keeps them all (keep = n_max); "fill" stages are left as they are
+        (the engine refuses a keep above n_max)."""
+        return fit_keep(self, n_max) if self.budget_default == "lower" else self
 
     def select(self, ctx, scores):
         from jaxvlm.prune.base import Selection

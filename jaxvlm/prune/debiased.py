@@ -9,8 +9,10 @@ visual span (`TokenState.span_index`, gathered through earlier stages, so later 
 a `debias.Trend2D` uses (row, col) instead.
 
 Budget under padding suppression (METHOD.md section 3): "lower" (FastV's rule) removes padding patches from the
-candidates, so fewer than K tokens survive when fewer non-padding ones exist; "fill" keeps K and lets padding
-tokens (score 0) fill up. Default per method (`stage.budget_default`), override with `budget=`.
+candidates, so fewer than K tokens survive when fewer non-padding ones exist (never zero: a row whose visual
+tokens are all padding keeps them as candidates, and the host-built masks are never empty, `stage_pad_mask`);
+"fill" keeps K and lets padding tokens (score 0) fill up. Default per method (`stage.budget_default`), override
+with `budget=`. At plan time a "lower" stage's K above the visual tokens available is lowered to them (`fit`).
 For attention-free methods (DART, DivPrune, VisionZip) the score is not debiased; padding=True removes padding
 patches from their candidates.
 
@@ -31,10 +33,12 @@ The engine builds `StageContext.pad` from the wrapped stage's `pad_threshold` an
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxvlm import debias
 from jaxvlm.prune import common
@@ -93,10 +97,18 @@ class Debiased:
 
     def resolve(self, n_in: int, n_visual: int) -> "Debiased":
         """Forward the engine's count resolution (jaxvlm.prune.base) to the inner stage, keeping the wrapper."""
-        fn = getattr(self.inner, "resolve", None)
+        return self._forward("resolve", n_in, n_visual)
+
+    def fit(self, n_max: int) -> "Debiased":
+        """Forward the budget rule (jaxvlm.prune.base) to the inner stage; with release_shift the window holds
+        one token fewer (image token 0 is kept on top of the inner keep)."""
+        return self._forward("fit", n_max - (1 if self.release_shift else 0))
+
+    def _forward(self, hook: str, *args) -> "Debiased":
+        fn = getattr(self.inner, hook, None)
         if fn is None:
             return self
-        inner = fn(n_in, n_visual)
+        inner = fn(*args)
         return self if inner is self.inner else dataclasses.replace(self, inner=inner)
 
     @property
@@ -138,7 +150,11 @@ class Debiased:
         lower = self.budget_mode == "lower" or not getattr(self.inner, "attention_based", True)
         if self.padding and lower:
             st = ctx.state
-            ctx = ctx.replace(state=st.replace(valid=st.valid & ~(ctx.pad & st.visual)))
+            pad = ctx.pad & st.visual
+            # never zero: a row whose visual tokens are all padding keeps them as candidates (the engine's
+            # host-built masks are never empty per image, see stage_pad_mask; this covers other callers)
+            pad = pad & jnp.any(st.valid & st.visual & ~pad, axis=1, keepdims=True)
+            ctx = ctx.replace(state=st.replace(valid=st.valid & ~pad))
         sel = self.inner.select(ctx, scores)
         if not self.release_shift:
             return sel
@@ -167,6 +183,36 @@ def release_window(ctx: StageContext) -> StageContext:
                                                                                   "frame")}
     state = st.replace(visual=visual, **idx)
     return ctx.replace(state=state, pad=shift(ctx.pad, False) & visual)
+
+
+def stage_pad_mask(stage, image_sizes, grid: int, image_size: int) -> np.ndarray:
+    """(M, grid*grid) float32 {0,1} padding mask (1 = image) of a debiased `stage` for images of `image_sizes`
+    (M, 2) (width, height), on the host in float64: the stage's variant (`pad_variant`, `pad_threshold`), the
+    release's mask bit for bit - except that it is never empty.
+
+    An image thin enough that no patch is image enough for the rule (LLaVA-1.5, 336 px / 14 px, threshold 0.5:
+    every aspect ratio above 24:1, e.g. 2000x3; any variant) would leave a "lower" budget zero visual tokens
+    and a "fill" budget only padding ranked by index. Such an image keeps instead the patches it touches (its
+    strip of the padded square: a 3-pixel-tall image still covers parts of 2 patch rows, 48 patches), and a
+    warning names it."""
+    sizes = np.asarray(image_sizes)
+    threshold = float(stage.pad_threshold)
+    variant = getattr(stage, "pad_variant", "release")
+    mask = np.asarray(debias.make_pad_mask(sizes, variant=variant, threshold=threshold, grid=grid,
+                                           image_size=image_size, exact=True), np.float32)
+    empty = np.flatnonzero(mask.max(axis=-1, initial=0.0) <= 0)
+    if empty.size:
+        touched = np.asarray(debias.pad_mask(sizes[empty], grid=grid, image_size=image_size,
+                                             threshold=float(np.nextafter(1.0, 0.0))), np.float32)
+        mask[empty] = touched
+        for i, t in zip(empty.tolist(), touched):
+            w, h = sizes[i].tolist()
+            warnings.warn(f"image {i} ({w}x{h} pixels, aspect {max(w, h) / min(w, h):.0f}:1): no patch of its "
+                          f"{image_size}-pixel padded square is image enough for the {variant!r} pad mask "
+                          f"(pad_threshold {threshold:g}), so debiased pruning would keep none of its visual "
+                          f"tokens; keeping the {int(t.sum())} patches it touches as its non-padding tokens",
+                          stacklevel=2)
+    return mask
 
 
 def _as_schedule(method_or_schedule) -> tuple:

@@ -4,8 +4,10 @@ that the last prompt token paid them at layer K-1 and keep the top R (text is al
     prune.fastv(layer=2, keep=128)            # the debiasing release's setting (K=2, R=128 of 576)
     prune.fastv(layer=2, drop_ratio=0.75)     # FastV's own notation: K=2, R=75% dropped -> keep 144 of 576
 
-Survivors keep their original positions; layers < K keep their full KV cache (engine). Budget rule under
-padding suppression: FastV lowers K to the number of non-padding tokens (`budget_default = "lower"`).
+Survivors keep their original positions; layers < K keep their full KV cache (engine). Budget rule
+(`budget_default = "lower"`): K is lowered to what a row has - to the number of non-padding tokens under
+padding suppression, and at plan time to the visual token count of a small image (`fit`, jaxvlm.prune.base:
+keep 128 on a Qwen2-VL image of 83 tokens keeps all 83).
 """
 
 from __future__ import annotations
