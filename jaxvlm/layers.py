@@ -1,4 +1,4 @@
-"""Layers shared by every model family: norms, activations, rotary embeddings, attention.
+"""Layers shared by every model family: norms, activations, rotary embeddings, attention (jaxvlm.attention).
 
 Einsum axis letters (used in every contraction of the package):
     B batch, T query tokens, S key tokens, N query heads, K kv heads, G query heads per kv head,
@@ -13,10 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxvlm.attention import MASK_VALUE, TokenMask, attention, causal_mask, full_mask  # noqa: F401 (re-exported)
 from jaxvlm.config import RopeConfig
-
-# Large finite negative used for masked logits (keeps fully-masked rows finite, unlike -inf).
-MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
 
 
 def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
@@ -127,54 +125,6 @@ def apply_rope(x_btnh: jax.Array, cos_bth: jax.Array, sin_bth: jax.Array) -> jax
 # ------------------------------------------------------------------------------------------ attention
 
 
-# Query-block size of the causal attention on CPU (`_blocked_causal_attention`); best of 64..256 at T=704.
-CPU_CAUSAL_BLOCK = 176
-
-
-def attention(
-    q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Array, mask_bts: jax.Array, causal: bool = False
-) -> jax.Array:
-    """Softmax attention with a boolean mask (True = attend) through the fused `jax.nn.dot_product_attention`.
-
-    q (B, T, N, H); k, v (B, S, K, H) with N a multiple of K (GQA); mask (B, T, S). Returns (B, T, N, H).
-    `causal=True` promises that query slot i never attends to key slots > i (prefill over the queries' own
-    tokens); on CPU that selects `_blocked_causal_attention`. Elsewhere the fused kernel (cuDNN flash on GPU)
-    handles the mask itself.
-    """
-    if causal and q_btnh.shape[1] > CPU_CAUSAL_BLOCK and jax.default_backend() == "cpu":
-        return _blocked_causal_attention(q_btnh, k_bskh, v_bskh, mask_bts)
-    return jax.nn.dot_product_attention(q_btnh, k_bskh, v_bskh, mask=mask_bts[:, None, :, :])
-
-
-def _blocked_causal_attention(q_btnh, k_bskh, v_bskh, mask_bts) -> jax.Array:
-    """Causal attention for CPU, where XLA has no fused causal kernel: queries in blocks of CPU_CAUSAL_BLOCK,
-    each attending only to keys up to its block's end (half the work of the masked T x S product), heads-major
-    layout for the batched matmuls. Measured at T=704, 8 heads, 2 cores: 10.0 ms (fused, full mask) -> 4.8 ms
-    (torch's fused causal kernel: 3.3 ms).
-    """
-    b, t, n, h = q_btnh.shape
-    kh = k_bskh.shape[2]
-    q = q_btnh.reshape(b, t, kh, n // kh, h).transpose(0, 2, 3, 1, 4)  # (B, K, G, T, H)
-    k = k_bskh.transpose(0, 2, 1, 3)  # (B, K, S, H)
-    v = v_bskh.transpose(0, 2, 1, 3)
-    scale = 1.0 / math.sqrt(h)
-    blocks = []
-    for start in range(0, t, CPU_CAUSAL_BLOCK):
-        stop = min(start + CPU_CAUSAL_BLOCK, t)
-        logits = jnp.einsum(
-            "BKGTH,BKSH->BKGTS", q[:, :, :, start:stop], k[:, :, :stop], preferred_element_type=jnp.float32
-        )
-        logits = jnp.where(mask_bts[:, None, None, start:stop, :stop], logits * scale, MASK_VALUE)
-        # Softmax normalised after the value product: one (T, H) division instead of a (T, S) one.
-        weights = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
-        out = jnp.einsum(
-            "BKGTS,BKSH->BKGTH", weights.astype(v.dtype), v[:, :, :stop], preferred_element_type=jnp.float32
-        )
-        blocks.append((out / jnp.sum(weights, axis=-1, keepdims=True)).astype(v.dtype))
-    out = jnp.concatenate(blocks, axis=3)  # (B, K, G, T, H)
-    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
-
-
 def attention_logits(q_brnh: jax.Array, k_bskh: jax.Array, mask_brs: jax.Array) -> jax.Array:
     """Scaled attention logits of a few query rows: (B, N, R, S) float32, masked entries = MASK_VALUE.
 
@@ -186,10 +136,3 @@ def attention_logits(q_brnh: jax.Array, k_bskh: jax.Array, mask_brs: jax.Array) 
     logits = jnp.einsum("BRKGH,BSKH->BKGRS", q, k_bskh.astype(jnp.float32)) / math.sqrt(h)
     logits = logits.reshape(b, n, r, -1)
     return jnp.where(mask_brs[:, None, :, :], logits, MASK_VALUE)
-
-
-def causal_mask(valid_bt: jax.Array) -> jax.Array:
-    """(B, T, T) mask: key slot j visible from query slot i iff j <= i and j is a real token."""
-    t = valid_bt.shape[1]
-    causal = jnp.tril(jnp.ones((t, t), dtype=bool))
-    return causal[None] & valid_bt[:, None, :]

@@ -66,21 +66,34 @@ def decode_attention(q_b1nh, k_bksh, v_bksh, valid_bs, tk_bkmh, tv_bkmh, step):
     return out.reshape(b, 1, n, h).astype(q_b1nh.dtype)
 
 
-def decode_layer(lw, x_b1d, cos, sin, pk, pv, valid, tk, tv, step, cfg: TextConfig):
-    """One layer for one new token: returns (x, tail_k, tail_v) with the token's k, v written at `step`."""
+def _tail_update(tail, kv_b1kh, layer, step):
+    """Write one token's keys or values (B, 1, K, H) at decode slot `step` of a tail: (B, K, M, H) when `layer`
+    is None (one layer's tail), else layer `layer` of the stacked (L_seg, B, K, M, H) tails (in place: the
+    tails are while-loop carries)."""
+    new = jnp.swapaxes(kv_b1kh, 1, 2).astype(tail.dtype)
+    if layer is None:
+        return jax.lax.dynamic_update_slice(tail, new, (0, 0, step, 0))
+    return jax.lax.dynamic_update_slice(tail, new[None], (layer, 0, 0, step, 0))
+
+
+def decode_layer(lw, x_b1d, cos, sin, pk, pv, valid, tk, tv, step, cfg: TextConfig, layer=None):
+    """One layer for one new token: returns (x, tail_k, tail_v) with the token's k, v written at `step`.
+    `tk`, `tv`: this layer's tails (layer None) or the segment's stacked tails with this layer at `layer`."""
     q, k, v = decoder.project_qkv(lw, x_b1d, cos, sin, cfg)  # k, v (B, 1, K, H)
-    tk = jax.lax.dynamic_update_slice(tk, jnp.swapaxes(k, 1, 2).astype(tk.dtype), (0, 0, step, 0))
-    tv = jax.lax.dynamic_update_slice(tv, jnp.swapaxes(v, 1, 2).astype(tv.dtype), (0, 0, step, 0))
-    attn = decode_attention(q, pk, pv, valid, tk, tv, step)
+    tk, tv = _tail_update(tk, k, layer, step), _tail_update(tv, v, layer, step)
+    read = (lambda t: t) if layer is None else (lambda t: jax.lax.dynamic_index_in_dim(t, layer, 0, False))
+    attn = decode_attention(q, pk, pv, valid, read(tk), read(tv), step)
     x = x_b1d + jnp.einsum("BTNH,NHD->BTD", attn, lw["wo"])
     return x + decoder.mlp(lw, x, cfg), tk, tv
 
 
-def decode_segment(layers, cache: SegmentCache, tails, x_b1d, cos, sin, step, cfg: TextConfig):
+def decode_segment(layers, start: int, cache: SegmentCache, tails, x_b1d, cos, sin, step, cfg: TextConfig):
     """One token through a segment's layers. `tails` = (tail_k, tail_v) of the segment (the loop carry; the
     prompt part of `cache` is read-only). Returns (x, new tails).
 
-    `layers`: stacked weights (scanned) or a per-layer list (unrolled; CPU, see api.per_layer_weights)."""
+    `layers`: the full stacked weights, the segment starting at layer `start` (scanned by layer index, weights
+    and prompt caches read in place, the stacked tails carried and written in place), or the segment's
+    per-layer list (unrolled; CPU, see api.per_layer_weights)."""
     tk_all, tv_all = tails
     if isinstance(layers, (list, tuple)):
         new_k, new_v = [], []
@@ -91,12 +104,14 @@ def decode_segment(layers, cache: SegmentCache, tails, x_b1d, cos, sin, step, cf
             new_v.append(tv)
         return x, (tuple(new_k), tuple(new_v))
 
-    def body(x, per_layer):
-        lw, pk, pv, tk, tv = per_layer
-        x, tk, tv = decode_layer(lw, x, cos, sin, pk, pv, cache.valid, tk, tv, step, cfg)
-        return x, (tk, tv)
+    def body(carry, i):
+        x, tk, tv = carry
+        pk, pv = (jax.lax.dynamic_index_in_dim(c, i, 0, False) for c in (cache.k, cache.v))
+        x, tk, tv = decode_layer(decoder.layer_weights(layers, start + i), x, cos, sin, pk, pv, cache.valid,
+                                 tk, tv, step, cfg, layer=i)
+        return (x, tk, tv), None
 
-    x, (tk_all, tv_all) = jax.lax.scan(body, x_b1d, (layers, cache.k, cache.v, tk_all, tv_all))
+    (x, tk_all, tv_all), _ = jax.lax.scan(body, (x_b1d, tk_all, tv_all), jnp.arange(tk_all.shape[0]))
     return x, (tk_all, tv_all)
 
 
@@ -117,14 +132,14 @@ def decode(text_w: dict, cfg: TextConfig, plan: Plan, caches, first_logits_bv, s
     all_logits = (jnp.zeros((b, max_new, v), jnp.float32).at[:, 0].set(first_logits_bv) if output_logits
                   else jnp.zeros((), jnp.float32))
     done = jnp.isin(first, eos_arr)
-    if max_new == 1:  # nothing to decode: no loop (and no per-layer weight slices)
+    if max_new == 1:  # nothing to decode: no loop
         return out, (all_logits if output_logits else None)
     # Per-layer weight buffers (CPU, see api.per_layer_weights): unrolled layers, no per-step weight copies.
-    # Otherwise the stacked weights are scanned (GPU/TPU, or models too big for a second copy on CPU).
+    # Otherwise the full stacked weights are scanned by layer index (GPU/TPU, or big models on CPU).
     if layer_list is not None:
         seg_layers = [list(layer_list[a:z]) for a, z in plan.bounds]
     else:
-        seg_layers = [decoder.slice_layers(text_w["layers"], a, z) for a, z in plan.bounds]
+        seg_layers = [text_w["layers"]] * len(plan.bounds)
 
     def cond(carry):
         step, done = carry[0], carry[2]
@@ -136,11 +151,11 @@ def decode(text_w: dict, cfg: TextConfig, plan: Plan, caches, first_logits_bv, s
         pos = jnp.broadcast_to((start_pos_b + step)[None, :, None], (num_pos_axes, b, 1))
         cos, sin = decoder.rotary(pos, cfg)
         new_tails = []
-        for seg_w, cache, tail in zip(seg_layers, caches, tails):
+        for seg_w, (start, _), cache, tail in zip(seg_layers, plan.bounds, caches, tails):
             if cache is None:
                 new_tails.append(None)
                 continue
-            x, tail = decode_segment(seg_w, cache, tail, x, cos, sin, step, cfg)
+            x, tail = decode_segment(seg_w, start, cache, tail, x, cos, sin, step, cfg)
             new_tails.append(tail)
         logits = decoder.final_logits(text_w, x, cfg)[:, 0]
         nxt = sample(logits, jax.random.fold_in(key, step + 1), sampling)

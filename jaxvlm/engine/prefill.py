@@ -66,8 +66,6 @@ def make_plan(cfg: TextConfig, schedule, bucket: int, visual_counts, max_new: in
     for i, st in enumerate(stages):
         name = f"pruning stage {i} ({type(st).__name__})"
         st = resolve_stage(st, n_in, v_min, name)
-        if hasattr(st, "fit"):  # the stage's budget rule for a keep above `capacity` (jaxvlm.prune.base)
-            st = st.fit(int(capacity))
         resolved.append(st)
         for attr in ("layer", "score_layer", "keep", "query_rows", "score", "select"):
             if not hasattr(st, attr):
@@ -125,7 +123,7 @@ def _layer_weights(layers, index: int) -> dict:
     """Weights of layer `index` from stacked weights (dict of (L, ...) arrays) or a per-layer list."""
     if isinstance(layers, (list, tuple)):
         return layers[index]
-    return jax.tree.map(lambda w: w[index], layers)
+    return decoder.layer_weights(layers, index)
 
 
 def _rows_query(lw: dict, x_btd, positions_pbt, rows_br, cfg: TextConfig):
@@ -205,29 +203,47 @@ class SegmentCache:
     tail_v: Any
 
 
-def _run(layers, start, stop, x, cos, sin, mask, cfg):
-    """Layers [start, stop) over x; returns (x, (k, v)) or (x, None) when empty.
+def _is_list(layers) -> bool:
+    return isinstance(layers, (list, tuple))
 
-    `layers`: stacked weights (scanned; k, v stacked (L, B, T, K, H)) or a per-layer list (unrolled, see
-    api.per_layer_weights; k, v lists of (B, T, K, H))."""
+
+def _new_kv(layers, state: TokenState, n_layers: int, max_new: int):
+    """The segment's KV cache under construction: None without decode, lists for per-layer weights, else
+    zero heads-major buffers (n_layers, B, K, T_i, H) written in place layer by layer (built once)."""
+    if not max_new or n_layers <= 0:
+        return None
+    if _is_list(layers):
+        return ([], [])
+    wk = layers["wk"]
+    shape = (n_layers, state.batch, wk.shape[2], state.length, wk.shape[3])
+    dtype = jnp.result_type(state.x.dtype, wk.dtype)
+    return jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)
+
+
+def _put(kv, index: int, k, v):
+    """Add one layer's k, v (B, T, K, H) at segment layer `index` to a cache under construction."""
+    if kv is None:
+        return None
+    if isinstance(kv[0], list):
+        return kv[0] + [jnp.swapaxes(k, 1, 2)], kv[1] + [jnp.swapaxes(v, 1, 2)]
+    return decoder.write_kv(kv, index, k, v)
+
+
+def _run(layers, start, stop, x, cos, sin, mask, cfg, kv, seg_start):
+    """Layers [start, stop) over x, their k, v added to `kv` (see _new_kv) at index layer - seg_start.
+
+    `layers`: stacked weights (scanned by layer index) or a per-layer list (unrolled, see api.per_layer_weights).
+    """
     if stop <= start:
-        return x, None
-    if isinstance(layers, (list, tuple)):
-        ks, vs = [], []
-        for lw in layers[start:stop]:
-            x, (k, v) = decoder.layer(lw, x, cos, sin, mask, cfg)
-            ks.append(k)
-            vs.append(v)
-        return x, (ks, vs)
-    return decoder.run_layers(decoder.slice_layers(layers, start, stop), x, cos, sin, mask, cfg)
-
-
-def _run_at_rows(layers, index, x, cos, sin, mask, rows, cfg):
-    """Layer `index` with its output at `rows` (B,) only (decoder.layer_at_rows); k, v in `_run`'s format."""
-    x_rows, (k, v) = decoder.layer_at_rows(_layer_weights(layers, index), x, cos, sin, mask, rows, cfg)
-    if isinstance(layers, (list, tuple)):
-        return x_rows, ([k], [v])
-    return x_rows, (k[None], v[None])
+        return x, kv
+    if not _is_list(layers):
+        if kv is None:
+            return decoder.run_layers(layers, x, cos, sin, mask, cfg, start, stop)[0], None
+        return decoder.run_layers(layers, x, cos, sin, mask, cfg, start, stop, cache=kv, cache_at=start - seg_start)
+    for i in range(start, stop):
+        x, (k, v) = decoder.layer(layers[i], x, cos, sin, mask, cfg)
+        kv = _put(kv, i - seg_start, k, v)
+    return x, kv
 
 
 def last_valid_slot(valid_bt: jax.Array) -> jax.Array:
@@ -236,25 +252,13 @@ def last_valid_slot(valid_bt: jax.Array) -> jax.Array:
     return jnp.max(jnp.where(valid_bt, jnp.arange(t, dtype=jnp.int32), 0), axis=1)
 
 
-def _cat(parts):
-    parts = [p for p in parts if p is not None]
-    if not parts:
-        return None
-    if isinstance(parts[0][0], list):
-        return tuple(sum((p[j] for p in parts), []) for j in range(2))
-    if len(parts) == 1:
-        return parts[0]
-    return tuple(jnp.concatenate([p[j] for p in parts], axis=0) for j in range(2))
-
-
 def _segment_cache(kv, valid, max_new: int) -> SegmentCache:
-    """Heads-major prompt cache plus an empty tail of max_new slots."""
-    ks, vs = kv
-    if isinstance(ks, list):
-        k, v = tuple(jnp.swapaxes(a, 1, 2) for a in ks), tuple(jnp.swapaxes(a, 1, 2) for a in vs)
+    """The built prompt cache plus an empty tail of max_new slots."""
+    k, v = kv
+    if isinstance(k, list):
+        k, v = tuple(k), tuple(v)
         tail = tuple(jnp.zeros(a.shape[:2] + (max_new,) + a.shape[3:], a.dtype) for a in k)
         return SegmentCache(k=k, v=v, valid=valid, tail_k=tail, tail_v=tuple(jnp.zeros_like(t) for t in tail))
-    k, v = jnp.swapaxes(ks, 2, 3), jnp.swapaxes(vs, 2, 3)
     tail = jnp.zeros(k.shape[:3] + (max_new,) + k.shape[4:], k.dtype)
     return SegmentCache(k=k, v=v, valid=valid, tail_k=tail, tail_v=jnp.zeros_like(tail))
 
@@ -270,7 +274,7 @@ def prefill(text_w: dict, cfg: TextConfig, state: TokenState, plan: Plan, embeds
     caches: one SegmentCache per segment of `plan.bounds` (None for an empty segment; no caches at all when
     plan.max_new == 0); kept: one (B, keep) int32 array of input indices per stage.
     pad_fn(stage, state) -> (B, T) bool builds `StageContext.pad` (padding patches; None: all False).
-    layer_list: optional per-layer weights (a list of dicts) used instead of slicing the stacked ones.
+    layer_list: optional per-layer weights (a list of dicts) used instead of the stacked ones.
     """
     layers = text_w["layers"] if layer_list is None else layer_list
     caches, kept, x_last = [], [], None
@@ -278,22 +282,23 @@ def prefill(text_w: dict, cfg: TextConfig, state: TokenState, plan: Plan, embeds
         stage = plan.stages[i] if i < len(plan.stages) else None
         cos, sin = decoder.rotary(state.positions, cfg)
         mask = causal_mask(state.valid)
+        kv = _new_kv(layers, state, stop - start, plan.max_new)
         logits = rows = weights = keys = None
         if stage is not None and stage.score_layer is not None and stage.score_layer < stop:
             sl = stage.score_layer
-            x_in, kv_a = _run(layers, start, sl, state.x, cos, sin, mask, cfg)
-            x, kv_b = _run(layers, sl, sl + 1, x_in, cos, sin, mask, cfg)
-            keys = kv_b[0][0]
+            x_in, kv = _run(layers, start, sl, state.x, cos, sin, mask, cfg, kv, start)
+            x, (keys, v) = decoder.layer(_layer_weights(layers, sl), x_in, cos, sin, mask, cfg)
+            kv = _put(kv, sl - start, keys, v)
             rows, weights = stage.query_rows(state)
             logits = _row_logits(_layer_weights(layers, sl), x_in, keys, state, rows, cfg)
-            x, kv_c = _run(layers, sl + 1, stop, x, cos, sin, mask, cfg)
-            kv = _cat([kv_a, kv_b, kv_c])
+            x, kv = _run(layers, sl + 1, stop, x, cos, sin, mask, cfg, kv, start)
         elif last_only and i == len(plan.bounds) - 1 and stop > start:
-            x, kv_a = _run(layers, start, stop - 1, state.x, cos, sin, mask, cfg)
-            x_last, kv_b = _run_at_rows(layers, stop - 1, x, cos, sin, mask, last_valid_slot(state.valid), cfg)
-            kv = _cat([kv_a, kv_b])
+            x, kv = _run(layers, start, stop - 1, state.x, cos, sin, mask, cfg, kv, start)
+            x_last, (k, v) = decoder.layer_at_rows(_layer_weights(layers, stop - 1), x, cos, sin, mask,
+                                                   last_valid_slot(state.valid), cfg)
+            kv = _put(kv, stop - 1 - start, k, v)
         else:
-            x, kv = _run(layers, start, stop, state.x, cos, sin, mask, cfg)
+            x, kv = _run(layers, start, stop, state.x, cos, sin, mask, cfg, kv, start)
         state = state.replace(x=x)
         if plan.max_new and kv is None:  # a stage before layer 0 leaves an empty first segment
             caches.append(None)

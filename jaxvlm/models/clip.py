@@ -162,13 +162,16 @@ def cls_attention(lw: dict, x_btd: jax.Array, cfg: ClipVisionConfig) -> tuple[ja
     return jnp.sum(probs, axis=1)[:, 1:], jnp.mean(k, axis=2)[:, 1:]
 
 
-def run_layers(layers: dict, x_btd: jax.Array, cfg: ClipVisionConfig) -> jax.Array:
-    """Run a stack of encoder layers (leading axis L, possibly 0) under `lax.scan`."""
+def run_layers(layers: dict, x_btd: jax.Array, cfg: ClipVisionConfig, start: int = 0, stop: int | None = None):
+    """Encoder layers [start, stop) of the stacked weights (leading axis L) under `lax.scan` over the layer
+    index, each layer read from the full stack in place (no copy of a slice of the stack)."""
+    stop = jax.tree.leaves(layers)[0].shape[0] if stop is None else stop
 
-    def step(x, lw):
+    def step(x, i):
+        lw = jax.tree.map(lambda w: jax.lax.dynamic_index_in_dim(w, i, 0, keepdims=False), layers)
         return layer(lw, x, cfg), None
 
-    return jax.lax.scan(step, x_btd, layers)[0]
+    return jax.lax.scan(step, x_btd, jnp.arange(start, stop, dtype=jnp.int32))[0]
 
 
 def hidden_states(w: dict, pixels_bchw: jax.Array, cfg: ClipVisionConfig, indices: Sequence[int]) -> list[jax.Array]:
@@ -181,6 +184,6 @@ def hidden_states(w: dict, pixels_bchw: jax.Array, cfg: ClipVisionConfig, indice
     states, done = {0: x}, 0
     for j in sorted(set(wanted)):
         if j > done:
-            x = run_layers(jax.tree.map(lambda a: a[done:j], w["layers"]), x, cfg)
+            x = run_layers(w["layers"], x, cfg, done, j)
             states[j], done = x, j
     return [states[j] for j in wanted]

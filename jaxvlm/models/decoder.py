@@ -1,6 +1,6 @@
 """The Llama / Qwen2 decoder-only language model, as pure functions over a weights dict.
 
-Weights (layers stacked on a leading L axis so segments of layers are slices and run under `lax.scan`):
+Weights (layers stacked on a leading L axis; segments of layers run under `lax.scan` over the layer index):
     embed (V, D); norm (D,); lm_head (D, V) unless tied
     layers: attn_norm (L, D), wq (L, D, N, H), wk/wv (L, D, K, H), [bq (L, N, H), bk/bv (L, K, H)],
             wo (L, N, H, D), mlp_norm (L, D), w_gate/w_up (L, D, F), w_down (L, F, D)
@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxvlm.config import TextConfig
+from jaxvlm.attention import as_mask
 from jaxvlm.layers import apply_rope, attention, rms_norm, rope_cos_sin
 
 LAYER_KEYS = ("attn_norm", "wq", "wk", "wv", "wo", "mlp_norm", "w_gate", "w_up", "w_down")
@@ -71,23 +72,16 @@ def mlp(lw: dict, x_btd: jax.Array, cfg: TextConfig) -> jax.Array:
     return jnp.einsum("BTF,FD->BTD", gated, lw["w_down"])
 
 
-def layer(lw: dict, x_btd, cos, sin, mask_bts, cfg: TextConfig, cache=None, write_at=None):
-    """One decoder layer. Returns (x_out (B,T,D), (k, v)).
-
-    Prefill (cache=None): attends over its own T tokens and returns their k, v (B, T, K, H).
-    Decode: `cache` = (k, v) of shape (B, S, K, H); the new k, v are written at slot `write_at` (scalar) and the
-    queries attend over the whole updated cache under `mask_bts` (B, T, S); returns the updated cache.
-    """
+def layer(lw: dict, x_btd, cos, sin, mask, cfg: TextConfig):
+    """One decoder layer over its own T tokens (prefill). `mask`: a TokenMask (layers.causal_mask) or a
+    (B, T, T) bool array. Returns (x_out (B,T,D), (k, v) (B, T, K, H))."""
     q, k, v = project_qkv(lw, x_btd, cos, sin, cfg)
-    if cache is not None:
-        k = jax.lax.dynamic_update_slice_in_dim(cache[0], k.astype(cache[0].dtype), write_at, axis=1)
-        v = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), write_at, axis=1)
-    attn = attention(q, k, v, mask_bts, causal=cache is None)
+    attn = attention(q, k, v, mask, causal=True)
     x_btd = x_btd + jnp.einsum("BTNH,NHD->BTD", attn, lw["wo"])
     return x_btd + mlp(lw, x_btd, cfg), (k, v)
 
 
-def layer_at_rows(lw: dict, x_btd, cos, sin, mask_bts, rows_b, cfg: TextConfig):
+def layer_at_rows(lw: dict, x_btd, cos, sin, mask, rows_b, cfg: TextConfig):
     """One layer whose output is needed at one slot per row only (the last prompt token, in generation's final
     layer): keys and values for every token (the cache), queries, attention and MLP for row `rows_b` (B,) only.
     Returns (x (B, 1, D), (k, v) (B, T, K, H)). Saves ~80% of the layer's work at T=700.
@@ -99,28 +93,52 @@ def layer_at_rows(lw: dict, x_btd, cos, sin, mask_bts, rows_b, cfg: TextConfig):
     h = rms_norm(x_btd, lw["attn_norm"], cfg.rms_norm_eps)
     k, v = project_kv(lw, h, cos, sin)
     q = project_q(lw, at_rows(h), at_rows(cos), at_rows(sin))
-    attn = attention(q, k, v, at_rows(mask_bts))
+    attn = attention(q, k, v, as_mask(mask, causal=True).at_rows(rows_b))
     x = at_rows(x_btd) + jnp.einsum("BTNH,NHD->BTD", attn, lw["wo"])
     return x + mlp(lw, x, cfg), (k, v)
 
 
 def slice_layers(layers: dict, start: int, stop: int) -> dict:
-    """The stacked weights of layers [start, stop)."""
+    """The stacked weights of layers [start, stop) (a copy: the engine indexes the full stack instead)."""
     return jax.tree.map(lambda w: w[start:stop], layers)
 
 
-def run_layers(layers: dict, x_btd, cos, sin, mask_bts, cfg: TextConfig, caches=None, write_at=None):
-    """Run a stack of layers (leading axis L) with `lax.scan`. Returns (x, (k, v) stacked (L, B, S, K, H)).
+def layer_weights(layers: dict, index) -> dict:
+    """Weights of layer `index` (int or traced scalar) read from the stacked (L, ...) weights."""
+    return jax.tree.map(lambda w: jax.lax.dynamic_index_in_dim(w, index, axis=0, keepdims=False), layers)
 
-    `caches` (optional) is a (k, v) pair stacked like the layers; see `layer` for the decode semantics.
+
+def write_kv(cache, index, k_btkh, v_btkh):
+    """Write one layer's keys/values (B, T, K, H) into heads-major cache buffers (L_c, B, K, T, H) at layer
+    `index`, in place when the buffers are loop carries."""
+    put = lambda c, a: jax.lax.dynamic_update_index_in_dim(c, jnp.swapaxes(a, 1, 2).astype(c.dtype), index, 0)  # noqa: E731
+    return put(cache[0], k_btkh), put(cache[1], v_btkh)
+
+
+def run_layers(layers: dict, x_btd, cos, sin, mask, cfg: TextConfig, start: int = 0, stop: int | None = None,
+               cache=None, cache_at: int = 0):
+    """Layers [start, stop) of the stacked weights (leading axis L) under `lax.scan` over the layer index, each
+    layer's weights read from the full stack in place (no copy of the stack).
+
+    Without `cache`: returns (x, (k, v) stacked (stop-start, B, T, K, H)). With `cache` = (k, v) heads-major
+    buffers (L_c, B, K, T_c, H): layer i's keys/values are written at index cache_at + i - start (the KV cache
+    built once, in its final layout) and the updated buffers are returned instead.
     """
+    stop = jax.tree.leaves(layers)[0].shape[0] if stop is None else stop
+    index = jnp.arange(start, stop, dtype=jnp.int32)
+    if cache is None:
+        def step(x, i):
+            return layer(layer_weights(layers, i), x, cos, sin, mask, cfg)
 
-    def step(x, per_layer):
-        lw, cache = per_layer
-        x, kv = layer(lw, x, cos, sin, mask_bts, cfg, cache=cache, write_at=write_at)
-        return x, kv
+        return jax.lax.scan(step, x_btd, index)
 
-    return jax.lax.scan(step, x_btd, (layers, caches))
+    def step_cached(carry, i):
+        x, c = carry
+        x, (k, v) = layer(layer_weights(layers, i), x, cos, sin, mask, cfg)
+        return (x, write_kv(c, i - start + cache_at, k, v)), None
+
+    (x, cache), _ = jax.lax.scan(step_cached, (x_btd, cache), index)
+    return x, cache
 
 
 def final_logits(text_w: dict, x_btd: jax.Array, cfg: TextConfig) -> jax.Array:
