@@ -80,6 +80,26 @@ def test_grid_layout_is_transformers_unpad_and_processor_count(size):
     assert lay.tokens == LlavaNextProcessor._get_number_of_features(proc, *size, s, s) - 1  # "default": no CLS
 
 
+@settings(max_examples=200, deadline=None)
+@given(size=SIZE)
+def test_unpadding_leaves_under_one_patch_of_padding(size):
+    """The decision of docs/PORTING.md (no pad mask for LLaVA-NeXT), checked against transformers' processor
+    geometry: in the grid the LLM sees, the processor's centred padding (and the image cut away) is under one
+    14px patch row / column per side."""
+    from transformers.image_processing_utils import get_patch_output_size
+    from transformers.image_utils import ChannelDimension
+
+    cfg = REAL_CFG
+    lay = llava_next.grid_layout(size, cfg)
+    p = cfg.vision.patch_size
+    canvas = (lay.nph * cfg.vision.image_size, lay.npw * cfg.vision.image_size)
+    new = get_patch_output_size(np.zeros((1, *size)), canvas, ChannelDimension.FIRST)
+    for axis, (lo, hi) in enumerate(((lay.r0, lay.r1), (lay.c0, lay.c1))):
+        pad = (canvas[axis] - new[axis]) // 2  # the processor's leading padding (the trailing one is >= it)
+        image_lo, image_hi = pad, pad + new[axis]
+        assert abs(lo * p - image_lo) < p and abs(hi * p - image_hi) < p, (axis, lo, hi, image_lo, image_hi)
+
+
 # ----------------------------------------------------------------------------------------- components
 
 
