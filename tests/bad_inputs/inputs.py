@@ -72,14 +72,24 @@ def _qwen_mixed_fastv(tmp):
 
 
 def _thin(size, schedule, kept):
-    """forward on an image of `size` with `schedule(prune)`: a warning naming it, `kept` tokens kept."""
+    """forward on an image of `size` with `schedule(prune)`: a warning naming it; exactly the `kept` patches
+    the image touches are kept (image tokens start at slot 5)."""
     def run(tmp):
-        from jaxvlm import prune
+        from jaxvlm import debias, prune
 
         with pytest.warns(UserWarning, match=rf"image 0 \({size[0]}x{size[1]} pixels.*keeping the {kept} patches"):
             out = _forward(T.llava(), T.llava_inputs(image_sizes=[size]), prune=schedule(prune))
-        assert T.kept_counts(out) == [[kept]]
+        touched = debias.pad_mask(np.array(size), grid=8, image_size=112, threshold=float(np.nextafter(1.0, 0.0)))
+        got = np.asarray(out.kept[0])[0]
+        assert sorted((got[got >= 0] - 5).tolist()) == np.flatnonzero(np.asarray(touched)).tolist()
+        assert len(got[got >= 0]) == kept
     return run
+
+
+def _zero_image_size():
+    from jaxvlm import prune
+
+    return _generate(T.llava(), T.llava_inputs(image_sizes=[[0, 10]]), prune=prune.debiased_fastv(keep=32))
 
 
 def _square_debiased_fastv_unchanged(tmp):
@@ -215,7 +225,7 @@ CASES = [
          "UserWarning naming image 0 (2000x3); keeps the 16 patches the strip touches (2 patch rows)",
          _thin([2000, 3], lambda prune: prune.debiased_fastv(keep=32), 16)),
     Case("thin-3x2000-debiased-pdrop", "forward(LLaVA, image_sizes 3x2000, debiased_pdrop(layers=(1,), ratios=(.25,)))",
-         "runs; keeps 16 tokens, all padding (all-zero mask: the first 16 patches by index), silently",
+         "runs; keeps patches 0-15 (the top 2 rows by index: the all-zero mask ties every score), silently",
          "UserWarning naming image 0 (3x2000); keeps the 16 patches of the 2 columns the strip touches",
          _thin([3, 2000], lambda prune: prune.debiased_pdrop(layers=(1,), ratios=(0.25,)), 16)),
     Case("wide-300x100-debiased-fastv", "forward(LLaVA, image_sizes 300x100, prune.debiased_fastv(keep=8))",
@@ -279,8 +289,7 @@ CASES = [
     Case("zero-image-size", "generate(LLaVA, image_sizes [[0, 10]], debiased_fastv(keep=32))",
          "runs: RuntimeWarning divide by zero, 0 visual tokens kept", "UserError: image_sizes[0] = [0, 10]: "
          "(width, height) of an image must be >= 1",
-         _refused(lambda: _generate(T.llava(), T.llava_inputs(image_sizes=[[0, 10]])),
-                  r"image_sizes\[0\] = \[0, 10\]")),
+         _refused(_zero_image_size, r"image_sizes\[0\] = \[0, 10\]")),
     Case("unknown-input-name", "generate(LLaVA, ..., token_type_ids=...) (a raw transformers processor output)",
          "TypeError: prepare() got an unexpected keyword argument 'token_type_ids' (traceback)",
          "UserError: unexpected input(s) ['token_type_ids'] for a llava model (accepted: [...])",
