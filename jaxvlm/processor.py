@@ -27,6 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from jaxvlm.errors import UserError, one_line
 from jaxvlm.images import to_rgb
 
 PROCESSOR_FAMILIES = {
@@ -140,7 +141,10 @@ class Processor:
         if images is not None:
             images = images if isinstance(images, (list, tuple)) else [images]
             images = [to_rgb(im, f"images[{i}]") for i, im in enumerate(images)]
-        out = self.hf(text=list(text), images=images, padding=padding, return_tensors="np", **kwargs)
+        try:
+            out = self.hf(text=list(text), images=images, padding=padding, return_tensors="np", **kwargs)
+        except ValueError as e:  # transformers' own checks of what it was given (image count, aspect ratio, ...)
+            raise UserError(f"{type(self.hf).__name__}: {one_line(e)}") from e
         arrays = {k: np.asarray(v) for k, v in out.items()}
         if self.family == "llava":
             arrays.pop("mm_token_type_ids", None)

@@ -115,7 +115,30 @@ def _processor():
     return jaxvlm.Processor.from_pretrained(assets.llava_processor_dir(Path(tempfile.mkdtemp(prefix="cat-proc-"))))
 
 
+@functools.cache
+def _qwen_processor():
+    """A Qwen2-VL processor: small pixel budget, a byte-level BPE tokenizer with Qwen's special tokens."""
+    import jaxvlm
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast, Qwen2VLImageProcessorPil
+
+    from jaxvlm.processor import hf_processor_class
+
+    specials = ["<|endoftext|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.train_from_iterator(["What is shown in this image?"] * 8, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    path = Path(tempfile.mkdtemp(prefix="cat-qwen-proc-"))
+    image_processor = Qwen2VLImageProcessorPil(min_pixels=4 * 28 * 28, max_pixels=64 * 28 * 28)
+    hf_processor_class("qwen2_vl")(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(path)
+    return jaxvlm.Processor.from_pretrained(path)
+
+
 PROMPT = "USER: <image>\nWhat is this? ASSISTANT:"
+QWEN_PROMPT = "<|vision_start|><|image_pad|><|vision_end|>What is this?"
 
 
 def _photo():
@@ -262,6 +285,16 @@ CASES = [
          "UserError: images[0]: sample (0, 0, 0) is nan (images must be finite)",
          _refused(lambda: _processor()(text=PROMPT, images=[np.full((8, 8, 3), np.nan)]),
                   r"images\[0\]: sample \(0, 0, 0\) is nan")),
+    Case("qwen-extreme-aspect", "Processor(Qwen2-VL, images=[2000x3 image])",
+         "ValueError traceback from transformers' smart_resize (absolute aspect ratio must be smaller than 200)",
+         "UserError: Qwen2VLProcessor: absolute aspect ratio must be smaller than 200, got 666.67 (one line)",
+         _refused(lambda: _qwen_processor()(text=QWEN_PROMPT, images=[np.zeros((3, 2000, 3), np.uint8)]),
+                  r"^Qwen2VLProcessor: absolute aspect ratio must be smaller than 200")),
+    Case("image-count-processor", "Processor(LLaVA, one <image> in the prompt, two images)",
+         "ValueError traceback from transformers (total number of <image> tokens ... 1 ... 2 images)",
+         "UserError: LlavaProcessor: The total number of <image> tokens ... Found total 1 <image> tokens and 2 "
+         "images.", _refused(lambda: _processor()(text=PROMPT, images=[_photo(), _photo()]),
+                             r"^LlavaProcessor: .*Found total 1 <image> tokens and 2 images")),
     # --- defect 5: shapes, batch sizes, names --------------------------------------------------------
     Case("empty-prompt", "generate(LLaVA) with input_ids of shape (1, 0) and no image",
          "runs: 2 tokens generated from nothing", "UserError: input_ids has shape (1, 0): need at least one row and "
