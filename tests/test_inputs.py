@@ -224,6 +224,17 @@ def test_property_lower_fits_k_to_the_largest_row(counts, keep, debiased):
             make_plan(_Cfg, prune.himap(text_keep=keep, image_keep=1)[:1], 768, counts, 0)
 
 
+def test_fit_with_release_shift_and_fill_stages():
+    """release_shift keeps image token 0 on top of the inner keep: the window's K is lowered to n - 1; a "fill"
+    method wrapped by debiasing is not lowered; a later FastV stage is lowered to the previous stage's keep."""
+    (st,) = make_plan(_Cfg, prune.debiased_fastv(keep=128, release_shift=True), 64, [16], 0).stages
+    assert (st.keep, st.inner.keep) == (16, 15)
+    with pytest.raises(ValueError, match="exceeds the 16 visual tokens"):
+        make_plan(_Cfg, prune.debiased_tokencarve(keep=64), 64, [16], 0)
+    plan = make_plan(_Cfg, prune.fastv(layer=1, keep=8) + prune.fastv(layer=3, keep=32), 64, [16], 0)
+    assert [s.keep for s in plan.stages] == [8, 8]
+
+
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**16), keep=st.sampled_from((5, 25)), pad_frac=st.sampled_from((0.0, 0.4, 1.0)),
        debiased=st.booleans())
