@@ -39,8 +39,8 @@ MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
 # T=704, 2 cores); longer ones, and every non-CPU fallback, the chunked path with these blocks.
 CPU_CAUSAL_BLOCK = 176
 CPU_BLOCKED_MAX = 2048
-Q_BLOCK = 512
-KV_BLOCK = 512
+Q_BLOCK = 256
+KV_BLOCK = 256
 # Below this many (T * S) logits per head the reference path is used (CLIP's 577^2, one decode row).
 SMALL_LOGITS = 1 << 20
 
@@ -217,6 +217,12 @@ def block_pairs(t: int, s: int, bq: int, bk: int, aligned: bool) -> np.ndarray:
                       np.int32).reshape(-1, 2)
 
 
+def _even_block(n: int, most: int) -> int:
+    """The smallest multiple of 8 that splits n slots into as few blocks of at most `most` (little padding)."""
+    blocks = -(-n // most)
+    return min(most, -(-(-(-n // blocks)) // 8) * 8)
+
+
 def chunked_attention(q, k, v, mask: TokenMask, q_block: int = Q_BLOCK, kv_block: int = KV_BLOCK) -> jax.Array:
     """Online-softmax attention: one `lax.scan` over the (query block, key block) pairs of `block_pairs` (the
     causal upper triangle is never visited; a static trip count), carrying the running max, sum and output of
@@ -224,7 +230,7 @@ def chunked_attention(q, k, v, mask: TokenMask, q_block: int = Q_BLOCK, kv_block
     (B, N, q_block, kv_block) logits."""
     b, t, n, h = q.shape
     s = k.shape[1]
-    bq, bk = min(q_block, t), min(kv_block, s)
+    bq, bk = _even_block(t, q_block), _even_block(s, kv_block)
     pairs = block_pairs(t, s, bq, bk, mask.aligned)
     nq, nk = -(-t // bq), -(-s // bk)
     qh, kh, vh = _heads_major(q, k, v)
