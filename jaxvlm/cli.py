@@ -15,6 +15,7 @@ COMMANDS = {
     "calibrate": ("experiments.calibrate", "fit a position trend (recency bias) on calibration samples"),
     "analyze": ("experiments.analyze", "measure and plot attention bias (position trend, padding sink)"),
     "bench": ("experiments.bench", "prefill/decode timing and FLOPs, jaxvlm vs transformers, pruned vs not"),
+    "plan": ("jaxvlm.plan", "per-device memory, compile time and FLOPs of a generate program (no weights read)"),
 }
 
 
