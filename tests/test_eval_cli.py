@@ -104,3 +104,21 @@ def test_score_prints_the_contract_and_names_bad_files(tmp_path, capsys):
     rc, stdout, err = run(["score", "pope", "--data", str(data), "--answers", str(answers)], capsys)
     assert rc == 2 and stdout == "" and f"{answers}:{len(samples) + 1}: invalid JSON" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_schedules_take_the_benchmarks_release_trend_and_are_checked_first():
+    from jaxvlm import prune
+    from jaxvlm.errors import UserError
+    from jaxvlm.evaluation.cli import parse_schedules
+
+    (spec, pope), = parse_schedules(["debiased_pdrop"], "pope")
+    assert spec == "debiased_pdrop" and pope == prune.parse_schedule("debiased_pdrop:benchmark=pope")
+    assert pope != prune.parse_schedule("debiased_pdrop")  # the release fits one trend per benchmark
+    (_, named), = parse_schedules(["debiased_pdrop:benchmark=gqa"], "pope")
+    assert named == prune.parse_schedule("debiased_pdrop:benchmark=gqa")
+    (_, video), = parse_schedules(["debiased_pdrop"], "msvd_qa")  # no video trend: the preset's default
+    assert video == prune.parse_schedule("debiased_pdrop")
+    assert parse_schedules(["none", "fastv:keep=64"], "gqa") == [("none", None),
+                                                                  ("fastv:keep=64", prune.parse_schedule("fastv:keep=64"))]
+    with pytest.raises(UserError, match="write the same folder"):
+        parse_schedules(["fastv:keep=64", "fastv:keep=64"], "gqa")
