@@ -118,7 +118,7 @@ def test_projector_output(models):
 def packed(params, inputs):
     """Our packed image features in masked_scatter order: (image tokens, D)."""
     batch = llava_next.prepare(params.config, **inputs)
-    table = jax.jit(llava_next.feature_table)(params, batch["pixel_values"])
+    table = jax.jit(llava_next.feature_table)(params, batch["pixel_values"])["features"]
     idx = batch["feature_index"]
     return np.asarray(table)[idx[idx >= 0]], batch
 

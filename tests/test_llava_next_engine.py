@@ -120,3 +120,25 @@ def test_debiased_fastv_detrends_span_positions_without_padding_mask(models, inp
     span = llava_next.prepare(params.config, **inputs)["span_index"]
     rows = np.arange(kept.shape[0])[:, None]
     assert span[rows, kept].mean() > span[rows, plain].mean() + 20
+
+
+def test_visionzip_reads_each_tiles_cls_attention(models, inputs):
+    """VisionZip on LLaVA-NeXT: every image token's vision_cls is transformers' [CLS] attention of ITS tile
+    (attentions[-2] of the tower, head sum) to its patch, 0 on newlines; the embeddings do not change; the
+    stage keeps dominant + contextual visual tokens per row."""
+    import jax
+    import torch
+
+    model, params, _ = models
+    batch = llava_next.prepare(params.config, **inputs)
+    emb = jax.jit(llava_next.embed, static_argnames="vision_cls")(params, batch, vision_cls=True)
+    with torch.no_grad():
+        att = model.model.vision_tower(torch.as_tensor(batch["pixel_values"]), output_attentions=True).attentions
+    per_tile = att[-2][:, :, 0, 1:].sum(1).reshape(-1).numpy()  # feature layer -2: the layer inside is [-2]
+    idx = batch["feature_index"]
+    want = np.where(idx >= 0, np.concatenate([per_tile, [0.0]])[np.maximum(idx, 0)], 0.0)
+    np.testing.assert_allclose(np.asarray(emb.vision_cls), want, atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(np.asarray(emb.embeds), np.asarray(jax.jit(llava_next.embed)(params, batch).embeds))
+    out = jaxvlm.forward(params, **inputs, prune=prune.visionzip(dominant=40, contextual=8))
+    kept = np.asarray(out.kept[0])
+    assert kept.shape == (3, 48) and (inputs["input_ids"][np.arange(3)[:, None], kept] == IMAGE_TOKEN).all()

@@ -19,7 +19,7 @@ EOS = 2
 
 @pytest.fixture(scope="module")
 def models():
-    return build(text_layers=3, vision_layers=1, seed=2)
+    return build(text_layers=3, vision_layers=2, seed=2)
 
 
 @pytest.fixture(scope="module")
@@ -66,3 +66,29 @@ def test_fastv_matches_transformers_with_masked_layers(models, inputs):
     src, got = np.asarray(out.src), np.asarray(out.logits)
     for r in range(2):
         np.testing.assert_allclose(got[r][src[r] >= 0], ref[r, src[r][src[r] >= 0]], atol=ATOL, rtol=0)
+
+
+@pytest.mark.slow
+def test_visionzip_reads_both_towers(models, inputs):
+    """vision_cls of image tokens comes from the image tower, of video tokens from the video tower (each frame's
+    [CLS] attention to its patches, transformers' attentions[-2] head sum; 0 on the frames' CLS tokens)."""
+    import jax
+    import torch
+
+    from jaxvlm import prune
+    from jaxvlm.models import video_llava
+
+    model, params, _ = models
+    batch = video_llava.prepare(params.config, **inputs)
+    emb = jax.jit(video_llava.embed, static_argnames="vision_cls")(params, batch, vision_cls=True)
+    frames = torch.as_tensor(inputs["pixel_values_videos"]).flatten(0, 1)
+    with torch.no_grad():
+        img = model.model.image_tower(torch.as_tensor(inputs["pixel_values"]), output_attentions=True).attentions
+        vid = model.model.video_tower(frames, output_attentions=True).attentions
+    img = img[-2][:, :, 0, 1:].sum(1).reshape(-1).numpy()
+    vid = torch.nn.functional.pad(vid[-2][:, :, 0, 1:].sum(1), (1, 0)).reshape(-1).numpy()  # CLS slot: 0
+    idx = batch["feature_index"]
+    want = np.where(idx >= 0, np.concatenate([img, vid])[np.maximum(idx, 0)], 0.0)
+    np.testing.assert_allclose(np.asarray(emb.vision_cls), want, atol=1e-5, rtol=0)
+    out = jaxvlm.forward(params, **inputs, prune=prune.visionzip(dominant=40, contextual=8))
+    assert np.asarray(out.kept[0]).shape == (2, 48)

@@ -41,6 +41,7 @@ from jaxvlm.model import VLM, Embedded
 from jaxvlm.models import llava
 
 SECTION = "llava_next"
+VISION_CLS = True  # embed(..., vision_cls=True) provides Embedded.vision_cls / vision_keys (VisionZip)
 DEFAULT_PINPOINTS = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008))
 SPAN_LAYOUTS = ("sequence", "tile")
 # transformers' MistralConfig defaults where they differ from LlamaConfig's (parse_text_config's defaults).
@@ -292,23 +293,43 @@ def prepare(cfg: LlavaNextConfig, input_ids, attention_mask=None, pixel_values=N
 # ------------------------------------------------------------------------------------------ jittable
 
 
-def feature_table(params: VLM, tiles_bchw: jax.Array) -> jax.Array:
-    """Projected features of every tile, then image_newline: (tiles * G*G + 1, D), rows `feature_index` reads."""
-    feats = llava.project(params, llava.image_features(params, tiles_bchw))
+def feature_table(params: VLM, tiles_bchw: jax.Array, vision_cls: bool = False) -> dict:
+    """The rows `feature_index` reads: every tile's G*G entries, then the newline's. {"features": projected
+    features (tiles * G*G + 1, D), the last row image_newline}; with vision_cls also "vision_cls" (.., ) and
+    "vision_keys" (.., H): each tile's own [CLS] attention and keys (llava.vision_cls_stats), 0 for newlines."""
+    if vision_cls:
+        raw, cls, keys = llava.vision_cls_stats(params, tiles_bchw, with_features=True)
+    else:
+        raw = llava.image_features(params, tiles_bchw)
+    feats = llava.project(params, raw)
     flat = feats.reshape(-1, feats.shape[-1])
-    return jnp.concatenate([flat, params.weights["image_newline"][None].astype(flat.dtype)], axis=0)
+    tables = {"features": jnp.concatenate([flat, params.weights["image_newline"][None].astype(flat.dtype)])}
+    if vision_cls:
+        tables["vision_cls"] = jnp.concatenate([cls.reshape(-1), jnp.zeros((1,), cls.dtype)])
+        tables["vision_keys"] = jnp.concatenate([keys.reshape(-1, keys.shape[-1]), jnp.zeros((1, keys.shape[-1]),
+                                                                                          keys.dtype)])
+    return tables
 
 
-def embed(params: VLM, batch: dict) -> Embedded:
-    """Token embeddings with the packed image features at the image-token positions."""
+def gather_rows(table: jax.Array, idx: jax.Array) -> jax.Array:
+    """table (R, ...) at feature_index idx (B, T) -> (B, T, ...), 0 where idx < 0 (text tokens)."""
+    got = jnp.take(table, jnp.maximum(idx, 0), axis=0)
+    return jnp.where((idx >= 0).reshape(idx.shape + (1,) * (got.ndim - 2)), got, jnp.zeros((), got.dtype))
+
+
+def scatter_embedded(params: VLM, batch: dict, tables: dict | None, vision_cls: bool = False) -> Embedded:
+    """Embedded of a batch whose media tokens take rows of `tables` (feature_table's dict; None without media)
+    at `batch["feature_index"]`; vision_cls: also Embedded.vision_cls / vision_keys (0 on text)."""
     text_w = params.weights["text"]
-    ids = jnp.asarray(batch["input_ids"])
-    x = jnp.take(text_w["embed"], ids, axis=0)
-    tiles = jnp.asarray(batch["pixel_values"])
-    if tiles.shape[0] > 0:
-        table = feature_table(params, tiles).astype(x.dtype)
-        idx = jnp.asarray(batch["feature_index"])
-        x = jnp.where((idx >= 0)[..., None], jnp.take(table, jnp.maximum(idx, 0), axis=0), x)
+    x = jnp.take(text_w["embed"], jnp.asarray(batch["input_ids"]), axis=0)
+    idx = jnp.asarray(batch["feature_index"])
+    extra = {}
+    if tables is not None:
+        x = jnp.where((idx >= 0)[..., None], gather_rows(tables["features"].astype(x.dtype), idx), x)
+        extra = {k: gather_rows(v.astype(jnp.float32), idx) for k, v in tables.items() if k != "features"}
+    elif vision_cls:
+        extra = {"vision_cls": jnp.zeros(idx.shape, jnp.float32),
+                 "vision_keys": jnp.zeros(idx.shape + (params.config.vision.head_dim,), jnp.float32)}
     return Embedded(
         embeds=x,
         positions=jnp.asarray(batch["positions"]),
@@ -319,4 +340,13 @@ def embed(params: VLM, batch: dict) -> Embedded:
         row=jnp.asarray(batch["row"]),
         col=jnp.asarray(batch["col"]),
         span_index=jnp.asarray(batch["span_index"]),
+        **extra,
     )
+
+
+def embed(params: VLM, batch: dict, vision_cls: bool = False) -> Embedded:
+    """Token embeddings with the packed image features at the image-token positions (vision_cls: VisionZip's
+    per-token inputs too, each tile's own [CLS] attention)."""
+    tiles = jnp.asarray(batch["pixel_values"])
+    tables = feature_table(params, tiles, vision_cls) if tiles.shape[0] > 0 else None
+    return scatter_embedded(params, batch, tables, vision_cls)

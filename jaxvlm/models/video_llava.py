@@ -35,9 +35,10 @@ import numpy as np
 from jaxvlm.config import UnsupportedConfigError, check_fields, require
 from jaxvlm.errors import UserError
 from jaxvlm.model import VLM, Embedded
-from jaxvlm.models import clip, llava
+from jaxvlm.models import clip, llava, llava_next
 
 SECTION = "video_llava"
+VISION_CLS = True  # embed(..., vision_cls=True) provides Embedded.vision_cls / vision_keys (VisionZip)
 SPAN_LAYOUTS = ("frame", "sequence")
 VIDEO_KEYS = {"video_token_index", "video_token_id", "video_seq_length"}
 
@@ -165,45 +166,44 @@ def prepare(cfg: VideoLlavaConfig, input_ids, attention_mask=None, pixel_values=
 # ------------------------------------------------------------------------------------------ jittable
 
 
+def video_tower_view(params: VLM) -> VLM:
+    """The model as LLaVA-1.5's feature path sees the video tower: its weights as "vision", strategy "full"
+    (CLS kept), so llava.image_features / vision_cls_stats on frames give transformers' video features."""
+    return VLM({**params.weights, "vision": params.weights["video_tower"]},
+               dataclasses.replace(params.config, feature_strategy="full"))
+
+
 def video_features(params: VLM, videos: jax.Array) -> jax.Array:
     """Projected video features (V, F * (1 + G*G), D): video tower at the feature layer(s), CLS kept."""
-    cfg = params.config
     v, f = videos.shape[:2]
     frames = videos.reshape(v * f, *videos.shape[2:])
-    states = clip.hidden_states(params.weights["video_tower"], frames, cfg.vision, cfg.feature_layers)
-    feats = llava.project(params, jnp.concatenate(states, axis=-1) if len(states) > 1 else states[0])
+    feats = llava.project(params, llava.image_features(video_tower_view(params), frames))
     return feats.reshape(v, f * feats.shape[1], feats.shape[-1])
 
 
-def feature_table(params: VLM, images: jax.Array, videos: jax.Array) -> jax.Array:
-    """The rows `feature_index` reads: image features then video features, (I*P + V*F*(1+G*G), D)."""
+def feature_table(params: VLM, images: jax.Array, videos: jax.Array, vision_cls: bool = False) -> dict:
+    """The rows `feature_index` reads, image entries then video entries: {"features": (I*P + V*F*(1+G*G), D)}
+    (projected), with vision_cls also "vision_cls" / "vision_keys" (llava.vision_cls_stats of each tower:
+    [CLS] attention to each patch, 0 on CLS tokens)."""
     parts = []
-    if images.shape[0]:
-        feats = llava.project(params, llava.image_features(params, images))
-        parts.append(feats.reshape(-1, feats.shape[-1]))
-    if videos.shape[0]:
-        feats = video_features(params, videos)
-        parts.append(feats.reshape(-1, feats.shape[-1]))
-    return jnp.concatenate(parts, axis=0)
+    for view, pixels in ((params, images), (video_tower_view(params), videos.reshape(-1, *videos.shape[2:]))):
+        if pixels.shape[0] == 0:
+            continue
+        if vision_cls:
+            raw, cls, keys = llava.vision_cls_stats(view, pixels, with_features=True)
+        else:
+            raw, cls, keys = llava.image_features(view, pixels), None, None
+        feats = llava.project(params, raw)
+        part = {"features": feats.reshape(-1, feats.shape[-1])}
+        if vision_cls:
+            part.update(vision_cls=cls.reshape(-1), vision_keys=keys.reshape(-1, keys.shape[-1]))
+        parts.append(part)
+    return {k: jnp.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def embed(params: VLM, batch: dict) -> Embedded:
-    """Token embeddings with the projected image and video features at their tokens."""
-    text_w = params.weights["text"]
-    x = jnp.take(text_w["embed"], jnp.asarray(batch["input_ids"]), axis=0)
+def embed(params: VLM, batch: dict, vision_cls: bool = False) -> Embedded:
+    """Token embeddings with the projected image and video features at their tokens (vision_cls: VisionZip's
+    per-token inputs too)."""
     images, videos = jnp.asarray(batch["pixel_values"]), jnp.asarray(batch["pixel_values_videos"])
-    if images.shape[0] or videos.shape[0]:
-        table = feature_table(params, images, videos).astype(x.dtype)
-        idx = jnp.asarray(batch["feature_index"])
-        x = jnp.where((idx >= 0)[..., None], jnp.take(table, jnp.maximum(idx, 0), axis=0), x)
-    return Embedded(
-        embeds=x,
-        positions=jnp.asarray(batch["positions"]),
-        valid=jnp.asarray(batch["valid"]),
-        visual=jnp.asarray(batch["visual"]),
-        media=jnp.asarray(batch["media"]),
-        frame=jnp.asarray(batch["frame"]),
-        row=jnp.asarray(batch["row"]),
-        col=jnp.asarray(batch["col"]),
-        span_index=jnp.asarray(batch["span_index"]),
-    )
+    tables = feature_table(params, images, videos, vision_cls) if images.shape[0] or videos.shape[0] else None
+    return llava_next.scatter_embedded(params, batch, tables, vision_cls)
