@@ -228,3 +228,38 @@ def test_load_save_pretrained_directory(tmp_path):
     inputs = make_inputs(params, sizes=((100, 100),), text=(12,))
     diff = np.abs(np.asarray(jaxvlm.forward(loaded, **inputs).logits) - torch_logits(model, inputs)).max()
     assert diff < 1e-4
+
+
+def test_transformers_processor_outputs_feed_forward():
+    """transformers' LlavaNextProcessor (PIL image processor, a byte-level BPE tokenizer trained here) on real
+    photographs of three aspect ratios: its input_ids / pixel_values (I, tiles, C, S, S) / image_sizes
+    (height, width) go straight into jaxvlm.forward, whose logits equal transformers' model on the same inputs."""
+    from skimage import data
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlavaNextImageProcessorPil, LlavaNextProcessor, PreTrainedTokenizerFast
+
+    from llava_next_reference import SMALL, to_jax, torch_model
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(["USER: What is shown in this picture? ASSISTANT: a cat."] * 10,
+                            trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<image>"],
+                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>")
+    d = hf_config_dict()
+    d["text_config"]["vocab_size"] = len(tokenizer)
+    d["image_token_index"], d["pad_token_id"] = tokenizer.convert_tokens_to_ids("<image>"), 0
+    ip = LlavaNextImageProcessorPil(size={"shortest_edge": SMALL}, crop_size={"height": SMALL, "width": SMALL},
+                                    image_grid_pinpoints=d["image_grid_pinpoints"])
+    proc = LlavaNextProcessor(image_processor=ip, tokenizer=tokenizer, patch_size=14,
+                              vision_feature_select_strategy="default", num_additional_image_tokens=1)
+    photos = [data.astronaut(), data.coffee(), data.rocket()[:, 100:400]]  # 512x512, 400x600, 427x300
+    text = [f"USER: <image>\nWhat is shown in this picture? ASSISTANT:{' a cat.' * k}" for k in (0, 2, 1)]
+    out = {k: np.asarray(v) for k, v in proc(text=text, images=photos, padding=True, return_tensors="np").items()}
+    np.testing.assert_array_equal(out["image_sizes"], [[512, 512], [400, 600], [427, 300]])
+    inputs = {k: out[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_sizes")}
+    model = torch_model(d)
+    params = to_jax(model, d)
+    diff = np.abs(np.asarray(jaxvlm.forward(params, **inputs).logits) - torch_logits(model, inputs))
+    assert diff[inputs["attention_mask"].astype(bool)].max() < 1e-4
