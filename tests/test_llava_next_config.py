@@ -210,6 +210,15 @@ def test_every_key_layout_converts(cfg):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_jaxvlm_directory_round_trip(tmp_path, cfg):
+    """jaxvlm.save / jaxvlm.load: the config re-parsed from the stored HF config, weights bit-equal."""
+    params = random_params(cfg, seed=2)
+    loaded = jaxvlm.load(jaxvlm.save(params, str(tmp_path / "next")))
+    assert loaded.config == cfg and loaded.config.family == "llava_next"
+    for a, b in zip(jax.tree.leaves(loaded.weights), jax.tree.leaves(params.weights)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_feature_layer_list_parity():
     """vision_feature_layer as a list (hidden states concatenated before the projector), logits at 1e-4."""
     model, params, _ = build(text_layers=1, vision_layers=2, feature_layer=[-3, -1])

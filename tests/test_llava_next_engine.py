@@ -14,7 +14,7 @@ import jaxvlm
 from engine_stages import FastV
 from jaxvlm import debias, prune
 from jaxvlm.models import llava_next
-from llava_next_reference import IMAGE_TOKEN, PAD_TOKEN, SMALL_SIZES, build, make_inputs, masked_hf_logits
+from llava_next_reference import IMAGE_TOKEN, PAD_TOKEN, SIZES, SMALL_SIZES, build, make_inputs, masked_hf_logits
 
 ATOL = 1e-4
 EOS = 2
@@ -142,3 +142,20 @@ def test_visionzip_reads_each_tiles_cls_attention(models, inputs):
     out = jaxvlm.forward(params, **inputs, prune=prune.visionzip(dominant=40, contextual=8))
     kept = np.asarray(out.kept[0])
     assert kept.shape == (3, 48) and (inputs["input_ids"][np.arange(3)[:, None], kept] == IMAGE_TOKEN).all()
+
+
+@pytest.mark.slow
+def test_fastv_real_geometry_matches_transformers_with_masked_layers():
+    """336px tiles: rows of 1,176 and 1,890 visual tokens, FastV keep 320 (the papers' LLaVA-NeXT budget
+    scale); prefill logits at the survivors equal transformers with the dropped tokens masked from layer 2."""
+    model, params, _ = build(image_size=336, vision_layers=2, text_layers=3, seed=4)
+    inputs = make_inputs(params, sizes=SIZES[:2], text=(40, 30))
+    out = jaxvlm.forward(params, **inputs, prune=(FastV(layer=2, keep=320),))
+    kept, ids = np.asarray(out.kept[0]), inputs["input_ids"]
+    assert kept.shape == (2, 320) and (ids[np.arange(2)[:, None], kept] == IMAGE_TOKEN).all()
+    drop = ids == IMAGE_TOKEN
+    np.put_along_axis(drop, kept, False, axis=1)
+    ref = masked_hf_logits(model, hf_inputs(inputs), drop, 2)
+    src, got = np.asarray(out.src), np.asarray(out.logits)
+    for r in range(2):
+        np.testing.assert_allclose(got[r][src[r] >= 0], ref[r, src[r][src[r] >= 0]], atol=ATOL, rtol=0)

@@ -204,6 +204,15 @@ def test_every_key_layout_converts():
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_jaxvlm_directory_round_trip(tmp_path):
+    cfg = video_llava.parse_config(hf_config_dict())
+    params = random_params(cfg, seed=2)
+    loaded = jaxvlm.load(jaxvlm.save(params, str(tmp_path / "video")))
+    assert loaded.config == cfg and loaded.config.family == "video_llava"
+    for a, b in zip(jax.tree.leaves(loaded.weights), jax.tree.leaves(params.weights)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_load_save_pretrained_directory(tmp_path):
     model, params, _ = build(text_layers=1, vision_layers=1, feature_layer=-1)
     model.save_pretrained(tmp_path)
