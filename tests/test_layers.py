@@ -143,3 +143,19 @@ def test_splash_interpret_matches_reference(causal):
     with at.attention_impl("splash_interpret"):
         out = jax.jit(at.attention)(q, k, v, mask)
     _check(out, q, k, v, mask, atol=1e-4)
+
+
+def test_mlp_over_token_chunks(monkeypatch):
+    """decoder.mlp over token chunks (long prompts) equals the one-shot MLP, a partial last chunk included."""
+    from jaxvlm.models import decoder
+
+    rng = np.random.default_rng(8)
+    d, f = 16, 24
+    lw = {"mlp_norm": jnp.asarray(rng.standard_normal(d), jnp.float32),
+          **{k: jnp.asarray(rng.standard_normal(s) / 4, jnp.float32)
+             for k, s in (("w_gate", (d, f)), ("w_up", (d, f)), ("w_down", (f, d)))}}
+    x = jnp.asarray(rng.standard_normal((3, 37, d)), jnp.float32)
+    cfg = type("Cfg", (), {"rms_norm_eps": 1e-6})()
+    whole = decoder.mlp(lw, x, cfg)
+    monkeypatch.setattr(decoder, "MLP_CHUNK_ELEMENTS", 10 * f)  # 12 chunks of 10 tokens for 111 tokens
+    np.testing.assert_allclose(np.asarray(decoder.mlp(lw, x, cfg)), np.asarray(whole), rtol=1e-5, atol=1e-5)

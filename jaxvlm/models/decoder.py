@@ -65,11 +65,28 @@ def project_qkv(lw: dict, x_btd: jax.Array, cos: jax.Array, sin: jax.Array, cfg:
     return (project_q(lw, h, cos, sin), *project_kv(lw, h, cos, sin))
 
 
+# The MLP runs over token chunks when its (tokens, F) activations would exceed this many elements (peak memory
+# of long prompts: Qwen2.5-VL-7B at 8 x 4096 tokens, f32, temp 12.9 -> 8.2 GB; 8 x 16k x 18944 is 9.9 GB f32
+# per activation otherwise).
+MLP_CHUNK_ELEMENTS = 1 << 26
+
+
 def mlp(lw: dict, x_btd: jax.Array, cfg: TextConfig) -> jax.Array:
-    """Post-attention norm and SiLU-gated MLP (no residual)."""
+    """Post-attention norm and SiLU-gated MLP (no residual); over token chunks (`lax.map`) for big inputs."""
     h = rms_norm(x_btd, lw["mlp_norm"], cfg.rms_norm_eps)
-    gated = jax.nn.silu(jnp.einsum("BTD,DF->BTF", h, lw["w_gate"])) * jnp.einsum("BTD,DF->BTF", h, lw["w_up"])
-    return jnp.einsum("BTF,FD->BTD", gated, lw["w_down"])
+
+    def core(h_d):  # (..., D) -> (..., D)
+        up = jnp.einsum("...D,DF->...F", h_d, lw["w_up"])
+        return jnp.einsum("...F,FD->...D", jax.nn.silu(jnp.einsum("...D,DF->...F", h_d, lw["w_gate"])) * up,
+                          lw["w_down"])
+
+    b, t, d = h.shape
+    chunks = -(-(b * t * lw["w_gate"].shape[-1]) // MLP_CHUNK_ELEMENTS)
+    if chunks <= 1:
+        return core(h)
+    size = -(-(b * t) // chunks)
+    flat = jnp.pad(h.reshape(b * t, d), ((0, chunks * size - b * t), (0, 0))).reshape(chunks, size, d)
+    return jax.lax.map(core, flat).reshape(chunks * size, -1)[: b * t].reshape(b, t, -1)
 
 
 def layer(lw: dict, x_btd, cos, sin, mask, cfg: TextConfig):

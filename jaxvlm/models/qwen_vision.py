@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvlm.layers import activation, apply_rope, base_inv_freq, layer_norm, rms_norm
+from jaxvlm.layers import activation, apply_rope, attention, base_inv_freq, full_mask, layer_norm, rms_norm
 
 NORM_EPS = 1e-6  # transformers hard-codes eps=1e-6 for every norm of both towers and mergers
 
@@ -228,8 +228,7 @@ def segment_attention(q_tnh, k_tnh, v_tnh, gather_sp: jax.Array, inverse_t: jax.
         x = jnp.concatenate([x, jnp.zeros((1,) + x.shape[1:], x.dtype)])
         return x[gather_sp]  # (S, P, N, H)
 
-    out = jax.nn.dot_product_attention(blocks(q_tnh), blocks(k_tnh), blocks(v_tnh),
-                                       mask=valid_sp[:, None, None, :])
+    out = attention(blocks(q_tnh), blocks(k_tnh), blocks(v_tnh), full_mask(valid_sp))  # chunked for big blocks
     return out.reshape((-1,) + out.shape[2:])[inverse_t]
 
 
