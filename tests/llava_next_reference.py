@@ -34,6 +34,8 @@ def hf_config_dict(*, image_size: int = SMALL, text_layers: int = 2, vision_laye
                 rms_norm_eps=1e-5, initializer_range=0.1, max_position_embeddings=8192)
     if text_model == "mistral":
         text.update(sliding_window=None, rope_theta=1e6)
+    if text_model == "qwen2":
+        text.update(use_sliding_window=False, rope_theta=1e6)
     vision = dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64,
                   num_hidden_layers=vision_layers, num_attention_heads=4, image_size=image_size, patch_size=14,
                   initializer_range=0.1, projection_dim=16)

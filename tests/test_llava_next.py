@@ -164,12 +164,14 @@ def test_logits_rows_with_two_none_and_one_image_4d_pixels(models):
     assert diff < ATOL
 
 
-def test_mistral_text_model():
-    model, params, config = build(text_model="mistral", text_layers=1, vision_layers=1, feature_layer=-1)
+@pytest.mark.parametrize("text_model", ["mistral", "qwen2"])
+def test_mistral_and_qwen2_text_models(text_model):
+    model, params, config = build(text_model=text_model, text_layers=1, vision_layers=1, feature_layer=-1)
     assert params.config.text.rope.theta == 1e6
+    assert params.config.text.attention_bias == (text_model == "qwen2")
     inputs = make_inputs(params, sizes=((60, 240), (330, 110)), text=(20, 30))
     diff = valid_max_diff(forward(params, **inputs).logits, torch_logits(model, inputs), inputs["attention_mask"])
-    print(f"mistral: max |logit diff| = {diff:.2e}")
+    print(f"{text_model}: max |logit diff| = {diff:.2e}")
     assert diff < ATOL
 
 

@@ -48,6 +48,15 @@ def mistral_7b() -> dict:
     return copy.deepcopy({**HUB_TOP, "text_config": text})
 
 
+def qwen2_7b_text() -> dict:
+    """A LLaVA-NeXT with a Qwen2-7B text model (q/k/v biases; the llava-next-interleave / 72b kind)."""
+    text = {"model_type": "qwen2", "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+            "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064, "rope_theta": 1000000.0,
+            "max_position_embeddings": 32768, "rms_norm_eps": 1e-06, "use_sliding_window": False,
+            "sliding_window": 32768, "max_window_layers": 28, "tie_word_embeddings": False}
+    return copy.deepcopy({**HUB_TOP, "image_token_index": 151646, "vocab_size": 152064, "text_config": text})
+
+
 def hf_param_count(d: dict) -> int:
     import torch
     from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration
@@ -70,7 +79,7 @@ def test_hub_configs():
     assert (m.text.num_kv_heads, m.text.intermediate_size, m.text.rope.theta) == (8, 14336, 1e6)
 
 
-@pytest.mark.parametrize("make", [vicuna_7b, mistral_7b], ids=["vicuna-7b", "mistral-7b"])
+@pytest.mark.parametrize("make", [vicuna_7b, mistral_7b, qwen2_7b_text], ids=["vicuna-7b", "mistral-7b", "qwen2-7b"])
 def test_param_counts_match_transformers(make):
     d = make()
     cfg = llava_next.parse_config(d)
@@ -120,7 +129,9 @@ def test_unknown_attribute_is_refused_by_name(where):
 @pytest.mark.parametrize("change,match", [
     (lambda d: d["text_config"].update(sliding_window=4096), "sliding_window"),
     (lambda d: d["text_config"].pop("sliding_window"), "sliding_window"),  # MistralConfig's default is 4096
-    (lambda d: d["text_config"].update(model_type="qwen2"), "qwen2"),
+    (lambda d: d["text_config"].update(model_type="gemma"), "gemma"),
+    (lambda d: d["text_config"].update(model_type="qwen2", sliding_window=None, use_sliding_window=True),
+     "use_sliding_window"),
     (lambda d: d.update(vision_feature_select_strategy="full"), "vision_feature_select_strategy"),
     (lambda d: d.update(use_image_newline_parameter=False), "use_image_newline_parameter"),
     (lambda d: d.update(image_grid_pinpoints=[[336, 500]]), "image_grid_pinpoints"),

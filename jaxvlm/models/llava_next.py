@@ -2,7 +2,7 @@
 
 Family contract (jaxvlm/model.py): parse_config, weight_shapes, prepare (host numpy), embed (jittable). The
 vision tower, feature selection and projector are LLaVA-1.5's (jaxvlm/models/llava.py, clip.py); the text model
-is Llama or Mistral (same decoder, no sliding window).
+is Llama, Mistral or Qwen2 (one decoder, jaxvlm/models/decoder.py; no sliding window).
 
 Weights: llava.weight_shapes + "image_newline" (D,), the learned embedding ending each row of the tile grid.
 
@@ -44,8 +44,9 @@ SECTION = "llava_next"
 VISION_CLS = True  # embed(..., vision_cls=True) provides Embedded.vision_cls / vision_keys (VisionZip)
 DEFAULT_PINPOINTS = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008))
 SPAN_LAYOUTS = ("sequence", "tile")
-# transformers' MistralConfig defaults where they differ from LlamaConfig's (parse_text_config's defaults).
+# transformers' MistralConfig / Qwen2Config defaults where they differ from LlamaConfig's (parse_text_config's).
 MISTRAL_DEFAULTS = {"intermediate_size": 14336, "num_key_value_heads": 8, "sliding_window": 4096}
+QWEN2_DEFAULTS = {"vocab_size": 151936, "intermediate_size": 22016}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,17 +62,21 @@ NEXT_KEYS = {"image_grid_pinpoints", "use_image_newline_parameter"}
 
 
 def _text_dict(d: Mapping[str, Any]) -> dict:
-    """The text config as a Llama config dict: Mistral's defaults filled in, its sliding window refused."""
+    """The text config as a Llama config dict: Mistral's / Qwen2's defaults filled in, sliding windows refused,
+    Qwen2's q/k/v biases (always present in its attention) as attention_bias."""
     text = dict(d.get("text_config") or {})
     kind = text.get("model_type", "llama")
-    require(SECTION, kind in ("llama", "mistral"),
-            f"text_config.model_type {kind!r} is not implemented (llama, mistral)")
+    require(SECTION, kind in ("llama", "mistral", "qwen2"),
+            f"text_config.model_type {kind!r} is not implemented (llama, mistral, qwen2)")
     if kind == "mistral":
         text = {**MISTRAL_DEFAULTS, **text}
         require(SECTION, text.pop("sliding_window") is None,
                 "text_config.sliding_window is set: Mistral's sliding-window attention is not implemented "
                 "(llava-v1.6-mistral uses sliding_window null)")
-        text["model_type"] = "llama"
+    elif kind == "qwen2":
+        require(SECTION, "attention_bias" not in text, "text_config.attention_bias is not a Qwen2 attribute")
+        text = {**QWEN2_DEFAULTS, **text, "attention_bias": True}
+    text["model_type"] = "llama"
     return text
 
 
