@@ -19,6 +19,10 @@ the README's setup installs both).
 
     jaxvlm analyze [--samples 16] [--layers 1,2,8,15] [--no-padding] [--out analyze_out]
 Writes <out>/bias.json, <out>/bias.png and <out>/scores_layer<l>.npz (inputs for `jaxvlm calibrate`).
+
+    jaxvlm analyze --model smollm2|qwen2.5|CKPT [--layers 1,2,8] [--keep 64]
+measures the same biases through the engine on a VLM (experiments.shell_bias): a real LM inside its family's
+shell (LLaVA-1.5 around SmolLM2, Qwen2-VL around Qwen2.5-0.5B; RANDOM vision towers) or any checkpoint.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments import real_lm
+from experiments import assets, real_lm
 
 NUM_LAYERS = 30  # SmolLM2-135M
 SYSTEM = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
@@ -202,8 +206,52 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+def shell_model(model: str):
+    """(params, processor, label) of --model: a real LM in its shell (experiments.real_lm) or a checkpoint."""
+    if model in real_lm.NAMES:
+        from experiments import shell_bias
+
+        params, proc = real_lm.shell(model)
+        return params, proc, shell_bias.shell_label(model)
+    import jaxvlm
+
+    return jaxvlm.load(model), jaxvlm.Processor.from_pretrained(model), model
+
+
+def plot_model(report: dict, profiles: dict, path: Path) -> None:
+    """Per layer: mean FastV score (normalised per image) vs position in the visual span, with the fit."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(profiles), figsize=(3.6 * len(profiles), 3.3), squeeze=False)
+    for ax, (layer, (x, m, trend)) in zip(axes[0], profiles.items()):
+        r = report["layers"][str(layer)]
+        ax.plot(x, m, lw=0.6, color="0.6", label="mean score")
+        xs = np.linspace(0, x.max(), 300)
+        ax.plot(xs, trend(xs) * m.mean() / trend(xs).mean(), "r-", lw=1.4,
+                label=f"exp fit, {r['own_trend_ratio_over_span']:.1f}x")
+        ax.set_yscale("log")
+        ax.set_title(f"layer {layer}: rank corr {r['rank_corr_position_score']:.2f}, 1st token "
+                     f"{r['first_token_share']:.2f}", fontsize=8)
+        ax.set_xlabel("position in the visual span", fontsize=8)
+        ax.legend(fontsize=7)
+    fig.suptitle(report["model"][:150], fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="jaxvlm analyze", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default=None,
+                    help="smollm2 | qwen2.5 (a real LM in its VLM shell, RANDOM vision tower) or a checkpoint "
+                         "directory: FastV's own score on real photos through the engine (bias curves, sinks, "
+                         "selection before/after debiasing); default: SmolLM2 alone on stand-in tokens")
+    ap.add_argument("--keep", type=int, default=64, help="--model: FastV budget of the selection comparison")
+    ap.add_argument("--photos", type=int, default=len(assets.PHOTOS),
+                    help=f"--model: how many of the {len(assets.PHOTOS)} skimage photographs (at least 3)")
     ap.add_argument("--samples", type=int, default=16)
     ap.add_argument("--layers", default="1,2,8,15", help="0-based decoder layers whose attention is measured")
     ap.add_argument("--no-padding", action="store_true", help="skip the pad-to-square sink measurement")
@@ -216,12 +264,31 @@ def main(argv: list[str] | None = None) -> int:
         layers = tuple(int(v) for v in args.layers.split(","))
     except ValueError:
         raise UserError(f"--layers {args.layers!r}: expected comma-separated layer numbers, e.g. 1,2,8") from None
+    out = Path(args.out)
+    if args.model is not None:
+        from experiments import shell_bias
+
+        if not 3 <= args.photos <= len(assets.PHOTOS):
+            raise UserError(f"--photos {args.photos}: expected 3..{len(assets.PHOTOS)}")
+        params, proc, label = shell_model(args.model)
+        n = params.config.text.num_layers
+        if not all(0 <= layer < n - 1 for layer in layers):
+            raise UserError(f"--layers {args.layers!r}: {args.model} has layers 0..{n - 1} (the last cannot score "
+                            "a FastV stage)")
+        out.mkdir(parents=True, exist_ok=True)
+        report, profiles = shell_bias.measure(params, proc, label, layers, args.keep,
+                                             assets.PHOTOS[:args.photos])
+        report["name"] = args.model
+        (out / "bias.json").write_text(json.dumps(report, indent=1))
+        plot_model(report, profiles, out / "bias.png")
+        print(shell_bias.table([report]))
+        print(f"\nwrote {out / 'bias.json'} and {out / 'bias.png'}")
+        return 0
     if not all(0 <= layer < NUM_LAYERS for layer in layers):
         raise UserError(f"--layers {args.layers!r}: SmolLM2-135M has layers 0..{NUM_LAYERS - 1}")
     if args.samples < 2:
         raise UserError(f"--samples {args.samples}: need at least 2 (one is held out for the trend check)")
     real_lm.smollm2_gguf()  # the weights and gguf are there, before any work
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report, profiles = analyze(args.samples, layers, not args.no_padding, args.seed, out)
     (out / "bias.json").write_text(json.dumps(report, indent=1))

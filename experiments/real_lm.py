@@ -176,3 +176,114 @@ def golden_check(name: str) -> dict:
     want = CHECKS[name]
     return {"ids": list(ids), "next_token": nxt, "next_text": tok.decode([nxt]),
             "ok": tuple(ids) == want.ids and nxt == want.next_token}
+
+
+# ------------------------------------------------------------------------------------------- VLM shells
+
+SMOLLM2_IMAGE_TOKEN = "<filename>"  # an unused special token of SmolLM2's vocabulary stands for <image>
+RANDOM_VISION = "RANDOM vision tower and projector (seeded); only the language model is real"
+# Qwen2-VL-Instruct's chat template for one user turn of [image | video, text] (Qwen2.5-Coder's own template
+# takes string contents only).
+QWEN2_VL_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}<|im_start|>system\n"
+    "You are a helpful assistant.<|im_end|>\n{% endif %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for c in message['content'] %}"
+    "{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>{% elif c['type'] == 'video' %}"
+    "<|vision_start|><|video_pad|><|vision_end|>{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def shell_hf_config(name: str) -> dict:
+    """The config.json of the shell around LM `name`: LLaVA-1.5 (CLIP 336 px / patch 14, 576 image tokens,
+    2 small layers) for smollm2, Qwen2-VL (M-RoPE sections [8, 12, 12] of head_dim 64, 1 vision block) for
+    qwen2.5; the text config is the GGUF's."""
+    from jaxvlm import gguf
+
+    lm, tok = load_lm(name), tokenizer(name)
+    text = gguf.hf_text_config(lm.cfg, lm.arch)
+    if name == "smollm2":
+        return {"model_type": "llava", "architectures": ["LlavaForConditionalGeneration"],
+                "image_token_index": tok.convert_tokens_to_ids(SMOLLM2_IMAGE_TOKEN), "pad_token_id": 0,
+                "projector_hidden_act": "gelu", "vision_feature_layer": -2, "vision_feature_select_strategy": "default",
+                "tie_word_embeddings": lm.cfg.tie_word_embeddings, "text_config": {"model_type": "llama", **text},
+                "vision_config": {"model_type": "clip_vision_model", "hidden_size": 64, "intermediate_size": 128,
+                                  "num_hidden_layers": 2, "num_attention_heads": 4, "image_size": 336, "patch_size": 14}}
+    text["rope_parameters"]["mrope_section"] = [8, 12, 12]
+    ids = {k: tok.convert_tokens_to_ids(t) for k, t in (
+        ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
+        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}
+    vision = {"depth": 1, "embed_dim": 64, "hidden_size": lm.cfg.hidden_size, "num_heads": 2, "mlp_ratio": 2,
+              "patch_size": 14, "temporal_patch_size": 2, "spatial_merge_size": 2, "in_channels": 3,
+              "hidden_act": "quick_gelu"}
+    return {"model_type": "qwen2_vl", "text_config": {"model_type": "qwen2", **text}, "vision_config": vision, **ids,
+            "tie_word_embeddings": lm.cfg.tie_word_embeddings}
+
+
+def shell_processor(name: str):
+    """jaxvlm.Processor of the shell: the LM's own tokenizer and the family's PIL image processor."""
+    from jaxvlm.processor import Processor, hf_processor_class
+
+    tok = tokenizer(name)
+    if name == "smollm2":
+        from transformers import LlavaImageProcessorPil, LlavaProcessor
+
+        ip = LlavaImageProcessorPil(do_pad=True, size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
+        hf = LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=14, vision_feature_select_strategy="default",
+                            num_additional_image_tokens=1, image_token=SMOLLM2_IMAGE_TOKEN)
+        return Processor(hf, "llava")
+    from transformers import Qwen2VLImageProcessorPil
+
+    ip = Qwen2VLImageProcessorPil(min_pixels=64 * 28 * 28, max_pixels=400 * 28 * 28)
+    return Processor(hf_processor_class("qwen2_vl")(image_processor=ip, tokenizer=tok,
+                                                    chat_template=QWEN2_VL_TEMPLATE), "qwen2_vl")
+
+
+@functools.cache
+def shell(name: str, seed: int = 0):
+    """(VLM, Processor): the real LM inside a family shell with a RANDOM vision tower and projector, the
+    projector's output rescaled so visual tokens have the median norm of the LM's real token embeddings."""
+    import jax
+    import jax.numpy as jnp
+
+    from experiments import assets
+    from jaxvlm.model import VLM, family_module, random_params
+
+    hf = shell_hf_config(name)
+    fam = family_module(hf["model_type"])
+    cfg = fam.parse_config(hf)
+    small = dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, num_layers=1, vocab_size=8))
+    rand = random_params(small, seed=seed).weights
+    lm = load_lm(name)
+    text = jax.tree.map(jnp.asarray, lm.weights)
+    params = VLM(weights={"vision": rand["vision"], "projector": rand["projector"], "text": text}, config=cfg)
+    proc = shell_processor(name)
+    inputs = proc(text=[visual_prompt(proc, "What is this?")], images=[assets.photo("astronaut")])
+    batch = fam.prepare(cfg, **inputs)
+    emb = fam.embed(params, batch)
+    vis = np.asarray(emb.embeds)[np.asarray(emb.visual)]
+    target = float(np.median(np.linalg.norm(np.asarray(lm.weights["embed"][:: 97]), axis=1)))
+    scale = target / float(np.median(np.linalg.norm(vis, axis=1)))
+    proj = dict(params.weights["projector"])
+    last = ("w2", "b2") if name == "smollm2" else ("fc2", "fc2_b")
+    for k in last:
+        proj[k] = proj[k] * scale
+    return VLM(weights={**params.weights, "projector": proj}, config=cfg), proc
+
+
+def visual_prompt(proc, question: str) -> str:
+    """The family's prompt with one image (what the eval harness builds for an image question)."""
+    from jaxvlm.evaluation.base import Sample
+    from jaxvlm.evaluation.prompts import build_prompt
+
+    return build_prompt(proc, Sample(line=0, question_id=0, prompt=question, image="image"))
+
+
+def save_shell(name: str, path, overwrite: bool = False) -> Path:
+    """The shell as a jaxvlm checkpoint directory with its processor files (for `--model`)."""
+    import jaxvlm
+
+    params, proc = shell(name)
+    jaxvlm.save(params, str(path), hf_config=shell_hf_config(name), overwrite=overwrite)
+    proc.save_pretrained(str(path))
+    return Path(path)

@@ -6,7 +6,7 @@
 `Probe(stage)` is a pruning stage that behaves exactly as `stage` (same layer, score layer, query rows,
 budget rules, selection) and hands the stage's own score of every slot to the host through
 `jax.debug.callback`, together with each slot's position in its visual span (`TokenState.span_index`),
-its media index and the engine's padding flag (`StageContext.pad`, built from the probe's `pad_threshold`
+the scoring rows' head-mean attention over every slot (for sink shares) and the engine's padding flag (`StageContext.pad`, built from the probe's `pad_threshold`
 and `pad_variant` as for a debiased stage). For a `prune.debiased` stage it records the inner method's
 score, i.e. before detrending and padding suppression. The engine itself is untouched.
 """
@@ -25,8 +25,8 @@ _SINKS: dict[int, list] = {}
 _IDS = itertools.count(1)
 
 
-def _record(sink: int, scores, span_index, candidate, pad, media) -> None:
-    _SINKS[sink].append(tuple(np.asarray(a) for a in (scores, span_index, candidate, pad, media)))
+def _record(sink: int, scores, span_index, candidate, pad, attention) -> None:
+    _SINKS[sink].append(tuple(np.asarray(a) for a in (scores, span_index, candidate, pad, attention)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,10 +61,13 @@ class Probe:
         return self.inner.query_rows(state)
 
     def score(self, ctx):
+        from jaxvlm.prune import common
+
         scores = self.inner.score(ctx)
         st = ctx.state
+        attention = common.weighted_rows(common.head_mean_probs(ctx.logits), ctx.row_weight, "mean")
         jax.debug.callback(functools.partial(_record, self.sink), scores, st.span_index, st.valid & st.visual,
-                           ctx.pad, st.media)
+                           ctx.pad, attention)
         return scores
 
     def select(self, ctx, scores):
@@ -87,11 +90,14 @@ def probe_target(schedule) -> tuple[Any, float, str]:
 @dataclasses.dataclass
 class Recorded:
     """Per sample (S rows, padded to the longest visual span count N with position -1 and valid 0):
-    scores (S, N) float64, positions (S, N) int (span index), valid (S, N) {0,1} (0: padding patch)."""
+    scores (S, N) float64, positions (S, N) int (span index), valid (S, N) {0,1} (0: padding patch);
+    first_share (S,) / span_share (S,): the scoring rows' attention on the first token / on the visual span."""
 
     scores: np.ndarray
     positions: np.ndarray
     valid: np.ndarray
+    first_share: np.ndarray
+    span_share: np.ndarray
 
 
 def collect(params, batches, stage, pad_threshold: float = 0.5, pad_variant: str = "release",
@@ -104,21 +110,25 @@ def collect(params, batches, stage, pad_threshold: float = 0.5, pad_variant: str
     _SINKS[sink] = []
     probe = Probe(stage, sink, pad_threshold, pad_variant)
     rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    shares: list[tuple[float, float]] = []
     try:
         for i, inputs in enumerate(batches):
             jaxvlm.forward(params, prune=(probe,), **inputs).logits.block_until_ready()
             jax.effects_barrier()
-            (scores, span, cand, pad, _), = _SINKS[sink]
+            (scores, span, cand, pad, attn), = _SINKS[sink]
             _SINKS[sink].clear()
             for b in range(scores.shape[0]):
                 sel = cand[b]
                 rows.append((scores[b][sel], span[b][sel], ~pad[b][sel]))
+                shares.append((float(attn[b, 0]), float(attn[b][sel].sum())))
             if progress:
                 progress(i + 1, len(batches))
     finally:
         _SINKS.pop(sink, None)
     n = max(len(r[0]) for r in rows)
-    out = Recorded(np.zeros((len(rows), n)), np.full((len(rows), n), -1, np.int64), np.zeros((len(rows), n)))
+    first, span_share = (np.asarray(v) for v in zip(*shares))
+    out = Recorded(np.zeros((len(rows), n)), np.full((len(rows), n), -1, np.int64), np.zeros((len(rows), n)),
+                   first, span_share)
     for j, (s, x, v) in enumerate(rows):
         out.scores[j, :len(s)], out.positions[j, :len(s)], out.valid[j, :len(s)] = s, x, v
     return out

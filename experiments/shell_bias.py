@@ -1,0 +1,156 @@
+"""Bias of a real LM inside a VLM shell (experiments.real_lm; RANDOM vision tower), measured with the
+engine's own FastV score, and what each trend does to FastV's selection.
+
+For every measured layer l the probe (experiments.stage_scores) records FastV's score at layer l (a FastV
+stage at layer l+1) on real photographs: per-layer rank correlation of position and mean score, the fitted
+exponential's ratio over the span, held-out R^2. Then FastV-K is run raw, debiased with the release's trend
+(as shipped, and stretched to each image's span) and debiased with the trend calibrated here on the other
+half of the photos (odd / even), counting where the kept tokens lie (last third of the image rows) and how many are
+padding patches.
+
+    python -m experiments.shell_bias smollm2 qwen2.5 [--layers 1,2,8] [--keep 64] [--out shell_bias.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+from experiments import assets, real_lm
+from experiments.calibrate import calibrate, mean_profile, rank_correlation
+from experiments.stage_scores import collect
+from jaxvlm import debias
+
+QUESTION = "Describe the image in detail."
+
+
+def photos_inputs(proc, names=assets.PHOTOS):
+    return [proc(text=[real_lm.visual_prompt(proc, QUESTION)], images=[assets.photo(n)]) for n in names]
+
+
+def flatness(rec, trend_for) -> float:
+    """Rank correlation of position and the per-sample-normalised mean score after dividing out
+    trend_for(n_tokens) (0 = no position trend left)."""
+    s = rec.scores.copy()
+    for j in range(len(s)):
+        n = int((rec.positions[j] >= 0).sum())
+        ok = rec.positions[j] >= 0
+        s[j, ok] = debias.detrend(s[j, ok], rec.positions[j, ok], trend_for(n))
+        s[j] /= max(s[j, ok & (rec.valid[j] > 0)].mean(), 1e-30)
+    x, m, _ = mean_profile(s, rec.valid, rec.positions)
+    return rank_correlation(x, m)
+
+
+def measure(params, proc, label: str, layers=(1, 2), keep: int = 64, photos=assets.PHOTOS) -> tuple[dict, dict]:
+    """(report, profiles {layer: (positions, normalised mean score, own trend)}) of `params` on `photos`
+    (names of experiments.assets photographs, at least 3: one third is held out of each fit)."""
+    import jaxvlm
+    from jaxvlm.prune import debiased_fastv, fastv
+
+    inputs = photos_inputs(proc, photos)
+    llava = params.config.family == "llava"
+    pad_t = 0.5
+    out = {"model": label, "family": params.config.family, "photos": list(photos), "layers": {}}
+    profiles = {}
+    release = debias.release_trend("fastv")
+    for layer in layers:
+        stage = fastv(layer=layer + 1, keep=keep)[0]
+        rec = collect(params, inputs, stage, pad_t)
+        n_vis = [int((p >= 0).sum()) for p in rec.positions]
+        trend, rep = calibrate(rec.scores, rec.valid, rec.positions, loss="log", normalize=True, holdout=0.34)
+        x, m, _ = mean_profile(rec.scores / np.maximum((rec.scores * rec.valid).sum(1, keepdims=True), 1e-30),
+                               rec.valid, rec.positions)
+        span = max(n_vis)
+        profiles[layer] = (x, m, trend)
+        rel = np.where(rec.positions >= 0, rec.positions * (575.0 / np.maximum(np.array(n_vis)[:, None] - 1, 1)), -1)
+        trend_rel, rep_rel = calibrate(rec.scores, rec.valid, rel, loss="log", normalize=True, holdout=0.34)
+        out["layers"][str(layer)] = {
+            "visual_tokens": n_vis, "rank_corr_position_score": rank_correlation(x, m),
+            "first_token_share": float(rec.first_share.mean()), "span_share": float(rec.span_share.mean()),
+            "own_trend": trend.to_dict(), "own_trend_ratio_over_span": trend.ratio(span),
+            "holdout_r2": rep.get("holdout", {}).get("r2"),
+            "own_trend_relative": trend_rel.to_dict(), "holdout_r2_relative": rep_rel.get("holdout", {}).get("r2"),
+            "rank_corr_after": {
+                "release_as_shipped": flatness(rec, lambda n: release),
+                "release_stretched_to_span": flatness(rec, lambda n: release.stretch(576, n)),
+                "own_calibrated": flatness(rec, lambda n: trend),
+                "own_calibrated_relative": flatness(rec, lambda n: trend_rel.stretch(576, n))},
+            "release_ratio_used": {"as_shipped": float(release(span - 1) / release(0)),
+                                   "stretched": float(release(575) / release(0))},
+        }
+    # selection at FastV's own layer (score layer 1): raw / release / release stretched / own (other half)
+    rec = collect(params, inputs, fastv(layer=2, keep=keep)[0], pad_t)
+    sel = {"raw": [], "release": [], "own_other_half": []}
+    half = np.arange(len(inputs)) % 2
+    own_of = {h: calibrate(rec.scores[half != h], rec.valid[half != h], rec.positions[half != h], loss="log",
+                           normalize=True, holdout=0.0)[0] for h in (0, 1)}
+    for j, inp in enumerate(inputs):
+        own = own_of[half[j]]
+        ids = inp["input_ids"][0]
+        vis_ids = np.flatnonzero(np.isin(ids, [params.config.image_token_id]))
+        n = len(vis_ids)
+        valid = rec.valid[j, :n] > 0
+        k = min(keep, n)
+        for key, sched in (("raw", fastv(layer=2, keep=k)),
+                           ("release", debiased_fastv(keep=k) if llava else debiased_fastv(keep=k, pad_threshold=pad_t)),
+                           ("own_other_half", debiased_fastv(keep=k, trend=own))):
+            kept = np.asarray(jaxvlm.forward(params, prune=sched, **inp).kept[0][0])
+            pos = np.searchsorted(vis_ids, kept[kept >= 0])
+            sel[key].append({"kept": int(len(pos)), "last_third": float(np.mean(pos >= 2 * n / 3)),
+                             "padding": float(np.mean(~valid[pos])), "visual_tokens": n,
+                             "padding_share_of_image": float(np.mean(~valid))})
+    out["selection_keep"] = keep
+    out["selection"] = sel
+    return out, profiles
+
+
+def shell_label(name: str) -> str:
+    return f"{name} ({real_lm.load_lm(name).arch} GGUF, dequantised) in a {real_lm.shell_hf_config(name)['model_type']} shell; {real_lm.RANDOM_VISION}"
+
+
+def table(reports: list[dict]) -> str:
+    lines = [f"{'model':<9} {'layer':>5} {'N':>9} {'rank corr':>9} {'own ratio':>9} {'R2':>5} "
+             f"{'after: release':>14} {'stretched':>9} {'own':>6} {'own rel':>7} {'1st tok':>7} {'span':>5}"]
+    for r in reports:
+        for layer, v in r["layers"].items():
+            a = v["rank_corr_after"]
+            n = v["visual_tokens"]
+            lines.append(f"{r['name']:<9} {layer:>5} {min(n):>4}-{max(n):<4} {v['rank_corr_position_score']:9.2f} "
+                         f"{v['own_trend_ratio_over_span']:9.1f} {v['holdout_r2'] or float('nan'):5.2f} "
+                         f"{a['release_as_shipped']:14.2f} {a['release_stretched_to_span']:9.2f} {a['own_calibrated']:6.2f} "
+                         f"{a['own_calibrated_relative']:7.2f} {v['first_token_share']:7.2f} {v['span_share']:5.2f}")
+    lines += ["", f"FastV selection (layer 2): share of kept tokens in the last third of the image / padding share of kept"]
+    for r in reports:
+        for key, rows in r["selection"].items():
+            lt = np.mean([x["last_third"] for x in rows])
+            pad = np.mean([x["padding"] for x in rows])
+            lines.append(f"{r['name']:<9} keep {r['selection_keep']:<4} {key:<18} last third {lt:5.2f}  padding {pad:5.2f}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m experiments.shell_bias", description=__doc__.split("\n\n")[0])
+    ap.add_argument("names", nargs="+", choices=real_lm.NAMES)
+    ap.add_argument("--layers", default="1,2")
+    ap.add_argument("--keep", type=int, default=64)
+    ap.add_argument("--out", default="shell_bias.json")
+    args = ap.parse_args(argv)
+    layers = tuple(int(v) for v in args.layers.split(","))
+    reports = []
+    for name in args.names:
+        params, proc = real_lm.shell(name)
+        r, _ = measure(params, proc, shell_label(name), layers, args.keep)
+        r["name"] = name
+        reports.append(r)
+        print(f"{name} done", file=sys.stderr)
+    with open(args.out, "w") as f:
+        json.dump(reports, f, indent=1)
+    print(table(reports))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
