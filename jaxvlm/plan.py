@@ -4,12 +4,13 @@ shapes only (`jax.ShapeDtypeStruct`) and reports, per device, from the compiled 
     jaxvlm plan CONFIG_OR_CKPT --batch 8 --prompt-tokens 704 --max-new-tokens 32 [--images 1] [--prune SPEC]
                 [--dtype bfloat16] [--mesh data=D,model=M] [--devices N] [--json OUT]
 
-- weights_bytes: the weight arguments' shards on one device; kv_cache_bytes: the prompt caches and decode
+- weights_bytes: the weight arguments' shards on one device (`--mesh data=D,model=M`: batch over D, weights
+  by jaxvlm.engine.sharding's logical-axis table over M); kv_cache_bytes: the prompt caches and decode
   tails of every segment on one device (allocated inside the program, so part of temp_bytes);
   temp_bytes: `memory_analysis().temp_size_in_bytes`; total_bytes: arguments + outputs + temp - aliased.
 - compile_seconds: lower + compile. prefill_flops / decode_flops: dot FLOPs of the program (jaxpr), every
   scan counted times its length and the decode loop times (max_new - 1) (an upper bound: the loop stops at
-  EOS); prefill includes the vision tower. `compiled.cost_analysis()` counts each loop body once, hence not used.
+  EOS), divided evenly over the devices; prefill includes the vision tower. `compiled.cost_analysis()` counts each loop body once, hence not used.
 - The attention path is the chunked online-softmax one (`--attention`), whose memory class (no (T, S) logits)
   is the TPU/GPU kernels'. `--devices N` plans N devices on a CPU host (a subprocess with
   XLA_FLAGS=--xla_force_host_platform_device_count=N). On CPU, bfloat16 programs upcast weight stacks to
@@ -100,8 +101,6 @@ def parse_mesh(spec: str | None, devices: int) -> tuple[int, int]:
     if data * model != devices:
         raise UserError(f"--mesh {spec!r}: data*model = {data * model} but {devices} device(s) are planned "
                         f"(--devices N)")
-    if model > 1:
-        raise UserError(f"--mesh {spec!r}: tensor parallelism (model > 1) is not implemented yet; use model=1")
     return data, model
 
 
@@ -143,17 +142,32 @@ def synthetic_inputs(config, batch: int, prompt_tokens: int, images: int) -> dic
     return out
 
 
-def abstract_params(config, dtype: str, sharding=None):
-    """The model with every weight a ShapeDtypeStruct (optionally carrying `sharding`)."""
+def abstract_params(config, dtype: str, mesh=None):
+    """The model with every weight a ShapeDtypeStruct, placed on `mesh` by the logical-axis table if given."""
     import jax
     import jax.numpy as jnp
 
+    from jaxvlm.engine import sharding
     from jaxvlm.model import VLM, family_module
 
     shapes = family_module(config.family).weight_shapes(config)
-    weights = jax.tree.map(lambda s: jax.ShapeDtypeStruct(tuple(s), jnp.dtype(dtype), sharding=sharding), shapes,
+    weights = jax.tree.map(lambda s: jax.ShapeDtypeStruct(tuple(s), jnp.dtype(dtype)), shapes,
                            is_leaf=lambda s: isinstance(s, tuple))
+    if mesh is not None:
+        placed = sharding.weight_shardings(weights, mesh)
+        weights = jax.tree.map(lambda w, sh: jax.ShapeDtypeStruct(w.shape, w.dtype, sharding=sh), weights, placed)
     return VLM(weights=weights, config=config)
+
+
+def weight_bytes_per_device(weights) -> int:
+    """Bytes of one device's shards of the weights (ShapeDtypeStructs, sharded or not)."""
+    import jax
+
+    def one(w):
+        shape = w.shape if w.sharding is None else w.sharding.shard_shape(w.shape)
+        return int(np.prod(shape)) * w.dtype.itemsize
+
+    return sum(one(w) for w in jax.tree.leaves(weights))
 
 
 # -------------------------------------------------------------------------------------------- FLOPs
@@ -198,19 +212,21 @@ def dot_flops(jaxpr, decode_trips: int) -> tuple[float, float]:
 # --------------------------------------------------------------------------------------------- plan
 
 
-def kv_cache_bytes(config, plan, batch_per_device: int, itemsize: int) -> int:
-    """Prompt caches + decode tails of every segment on one device (K, V; heads-major (L, B, K, T + M, H))."""
+def kv_cache_bytes(config, plan, batch_per_device: int, itemsize: int, model: int = 1) -> int:
+    """Prompt caches + decode tails of every segment on one device (K, V; heads-major (L, B, K, T + M, H); the
+    kv heads split over the model axis when it divides them, as the kv projections are)."""
     t = config.text
     if not plan.max_new:
         return 0
+    heads = t.num_kv_heads // model if t.num_kv_heads % model == 0 else t.num_kv_heads
     total = 0
     for (a, z), length in zip(plan.bounds, plan.lengths):
-        total += 2 * (z - a) * batch_per_device * t.num_kv_heads * (length + plan.max_new) * t.head_dim * itemsize
+        total += 2 * (z - a) * batch_per_device * heads * (length + plan.max_new) * t.head_dim * itemsize
     return int(total)
 
 
 def plan_program(config, batch: int, prompt_tokens: int, max_new: int, images: int = 1, prune=None,
-                 dtype: str = "bfloat16", data: int = 1, attention: str = "chunked") -> dict:
+                 dtype: str = "bfloat16", data: int = 1, attention: str = "chunked", model: int = 1) -> dict:
     """Compile the generate program for these shapes and report its per-device memory, compile time, FLOPs."""
     import jax
     import jax.numpy as jnp
@@ -222,11 +238,11 @@ def plan_program(config, batch: int, prompt_tokens: int, max_new: int, images: i
     if batch < 1 or prompt_tokens < 1 or max_new < 1 or images < 0:
         raise UserError(f"jaxvlm plan: need --batch, --prompt-tokens, --max-new-tokens >= 1 and --images >= 0 "
                         f"(got {batch}, {prompt_tokens}, {max_new}, {images})")
-    if jax.device_count() < data:
-        raise UserError(f"jaxvlm plan: {data} devices planned but {jax.device_count()} present (use --devices)")
+    if jax.device_count() < data * model:
+        raise UserError(f"jaxvlm plan: {data * model} devices planned but {jax.device_count()} present (use --devices)")
     schedule = parse_schedule(prune) if isinstance(prune, str) or prune is None else prune
-    mesh = sharding.data_mesh(jax.devices()[:data]) if data > 1 else None
-    params = abstract_params(config, dtype, sharding.replicated(mesh) if mesh is not None else None)
+    mesh = sharding.model_mesh(data, model) if data * model > 1 else None
+    params = abstract_params(config, dtype, mesh)
     inputs = synthetic_inputs(config, batch, prompt_tokens, images)
     batch_arrays, plan, _, pad_masks = api._prepared(params, inputs, schedule, max_new)
     args = (params, batch_arrays, jax.random.key(0), api._sampling(0.0, 1.0))
@@ -241,18 +257,18 @@ def plan_program(config, batch: int, prompt_tokens: int, max_new: int, images: i
     mem = compiled.memory_analysis()
     prefill_flops, decode_flops = dot_flops(traced.jaxpr, max_new - 1)
     itemsize = jnp.dtype(dtype).itemsize
-    weights = sum(int(np.prod(w.shape)) for w in jax.tree.leaves(params.weights)) * itemsize
     rows = -(-batch // data)
     total = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes - mem.alias_size_in_bytes
     return {
         "model": config.family, "dtype": dtype, "batch": batch, "prompt_tokens": prompt_tokens,
         "bucket": plan.lengths[0], "segment_tokens": list(plan.lengths), "max_new_tokens": max_new, "images": images,
-        "prune": prune if isinstance(prune, str) else None, "mesh": {"data": data, "model": 1},
-        "devices": data, "attention": attention, "backend": jax.default_backend(),
-        "weights_bytes": int(weights), "kv_cache_bytes": kv_cache_bytes(config, plan, rows, itemsize),
+        "prune": prune if isinstance(prune, str) else None, "mesh": {"data": data, "model": model},
+        "devices": data * model, "attention": attention, "backend": jax.default_backend(),
+        "weights_bytes": weight_bytes_per_device(params.weights),
+        "kv_cache_bytes": kv_cache_bytes(config, plan, rows, itemsize, model),
         "temp_bytes": int(mem.temp_size_in_bytes), "argument_bytes": int(mem.argument_size_in_bytes),
         "total_bytes": int(total), "compile_seconds": round(seconds, 2),
-        "prefill_flops": prefill_flops / data, "decode_flops": decode_flops / data,
+        "prefill_flops": prefill_flops / (data * model), "decode_flops": decode_flops / (data * model),
     }
 
 
@@ -286,12 +302,12 @@ def main(argv=None) -> int:
     import jax
 
     devices = a.devices or (jax.device_count() if a.mesh else 1)
-    data, _ = parse_mesh(a.mesh, devices)
+    data, model = parse_mesh(a.mesh, devices)
     if not a._in_subprocess and devices > 1 and jax.device_count() < devices:
         result = _run_in_subprocess(_without_json(argv), devices)
     else:
         result = plan_program(config, a.batch, a.prompt_tokens, a.max_new_tokens, a.images, a.prune, a.dtype,
-                              data, a.attention)
+                              data, a.attention, model)
     if a._in_subprocess:
         print(json.dumps(result))
         return 0

@@ -55,21 +55,24 @@ def test_plan_numbers(tmp_path, capsys):
 
 
 def test_plan_devices_in_subprocess(tmp_path, capsys):
+    """4 forced devices as data=2 x model=2: 2 rows and half the kv heads per device, weights split."""
     cfg_path = tiny_llava(tmp_path)
     code, out, _ = run([cfg_path, "--batch", 4, "--prompt-tokens", 600, "--max-new-tokens", 2, "--dtype", "float32",
-                        "--devices", 2, "--json", tmp_path / "d.json"], capsys)
+                        "--devices", 4, "--mesh", "data=2,model=2", "--json", tmp_path / "d.json"], capsys)
     assert code == 0, out
     r = json.loads((tmp_path / "d.json").read_text())
     t = plan.read_config(str(cfg_path))[0].text
-    assert r["devices"] == 2 and r["mesh"] == {"data": 2, "model": 1} and r["backend"] == "cpu"
-    assert r["kv_cache_bytes"] == 2 * t.num_layers * 2 * t.num_kv_heads * (640 + 2) * t.head_dim * 4  # 2 rows each
+    assert r["devices"] == 4 and r["mesh"] == {"data": 2, "model": 2} and r["backend"] == "cpu"
+    assert r["kv_cache_bytes"] == 2 * t.num_layers * 2 * (t.num_kv_heads // 2) * (640 + 2) * t.head_dim * 4
+    full = plan.weight_bytes_per_device(plan.abstract_params(plan.read_config(str(cfg_path))[0], "float32").weights)
+    assert full / 2 <= r["weights_bytes"] < 0.7 * full  # embed, lm_head, heads, MLP split; norms, CLIP heads=2 too
 
 
 @pytest.mark.parametrize("args,message", [
     (["--batch", "x"], "invalid int value"),
     (["--mesh", "data=two"], "--mesh"),
     (["--mesh", "data=2,model=1"], "--devices"),
-    (["--mesh", "model=2", "--devices", "2"], "tensor parallelism"),
+    (["--mesh", "model=3", "--devices", "2"], "data*model = 3"),
     (["--prompt-tokens", "100"], "--prompt-tokens 100"),
     (["--prune", "nosuch"], "unknown pruning method"),
     (["--dtype", "int8"], "invalid choice"),

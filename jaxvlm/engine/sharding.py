@@ -1,4 +1,4 @@
-"""Data parallelism over the batch axis: the one place where the engine's sharding is declared.
+"""Data and tensor parallelism: the one place where the engine's sharding is declared.
 
 Every per-row computation of the engine (prefill segments, stages, decode) is row-local, so sharding the batch
 axis of the token state over a 1-D mesh needs no communication; the weights are replicated.
@@ -12,8 +12,14 @@ outputs are dropped). Multi-host: run the same program on every host after
 `jax.devices()` of all hosts, every host passes the same global inputs (numpy), and `jax.jit` places each
 host's rows on its local devices. On a mesh that spans several processes the outputs are replicated inside the
 program (`host_readable`), so every host reads all rows with np.asarray (tested: tests/test_engine_multihost.py,
-2 processes on one machine). Larger models would add a "model" mesh axis and a logical-axis rule table here; the
-engine code would not change.
+2 processes on one machine).
+
+Tensor parallelism: `mesh = model_mesh(data, model)` is a 2-D (data, model) mesh and `shard_weights(params, mesh)`
+places every weight by the logical-axis table below (each weight's einsum letters, jaxvlm/layers.py, mapped to
+mesh axes: query / kv heads N, K, the MLP width F and the vocabulary V over "model"; everything else
+replicated). A dimension that the model axis does not divide stays replicated: Qwen2.5-VL-7B's 28 query / 4 kv
+heads at model=8 keep attention replicated while its MLP (18944) and vocabulary are split. GSPMD inserts the
+collectives; the engine code is unchanged.
 """
 
 from __future__ import annotations
@@ -25,6 +31,19 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxvlm.engine.state import TokenState
 
 BATCH_AXIS = "data"
+MODEL_AXIS = "model"
+
+# Logical axes (einsum letters) -> mesh axis; letters not listed are replicated.
+LOGICAL_RULES = {"N": MODEL_AXIS, "K": MODEL_AXIS, "F": MODEL_AXIS, "V": MODEL_AXIS}
+# Einsum letters of each weight by leaf name (decoder, CLIP and Qwen vision towers; C = the q/k/v triple). A leaf
+# whose rank differs from its letters (e.g. the projector's 2-D fc1) is replicated.
+WEIGHT_AXES = {
+    "wq": "LDNH", "wk": "LDKH", "wv": "LDKH", "wo": "LNHD", "bq": "LNH", "bk": "LKH", "bv": "LKH",
+    "wqkv": "LDCNH", "bqkv": "LCNH",
+    "w_gate": "LDF", "w_up": "LDF", "w_down": "LFD", "b_gate": "LF", "b_up": "LF",
+    "w_fc1": "LDF", "b_fc1": "LF", "w_fc2": "LFD", "fc1": "LDF", "fc1_b": "LF", "fc2": "LFD",
+    "embed": "VD", "lm_head": "DV",
+}
 
 
 def data_mesh(devices=None) -> Mesh:
@@ -32,6 +51,43 @@ def data_mesh(devices=None) -> Mesh:
     devices = list(jax.devices() if devices is None else devices)
     return jax.make_mesh((len(devices),), (BATCH_AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
                          devices=devices)
+
+
+def model_mesh(data: int = 1, model: int | None = None, devices=None) -> Mesh:
+    """A 2-D (BATCH_AXIS, MODEL_AXIS) mesh of data x model devices (model default: all devices / data)."""
+    devices = list(jax.devices() if devices is None else devices)
+    model = len(devices) // data if model is None else model
+    if data * model > len(devices):
+        raise ValueError(f"mesh data={data} x model={model} needs {data * model} devices, have {len(devices)}")
+    return jax.make_mesh((data, model), (BATCH_AXIS, MODEL_AXIS), devices=devices[: data * model],
+                         axis_types=(jax.sharding.AxisType.Auto,) * 2)
+
+
+def weight_spec(name: str, shape: tuple, mesh: Mesh) -> PartitionSpec:
+    """The PartitionSpec of weight `name` with `shape` under LOGICAL_RULES (replicated where not divisible)."""
+    letters = WEIGHT_AXES.get(name)
+    if letters is None or len(letters) != len(shape):
+        return PartitionSpec()
+    spec, used = [], set()
+    for letter, dim in zip(letters, shape):
+        axis = LOGICAL_RULES.get(letter)
+        ok = axis in mesh.shape and axis not in used and dim % mesh.shape[axis] == 0
+        spec.append(axis if ok else None)
+        used |= {axis} if ok else set()
+    return PartitionSpec(*spec)
+
+
+def weight_shardings(params, mesh: Mesh):
+    """NamedShardings for every weight of `params` (same pytree), by `weight_spec`."""
+    def one(path, w):
+        return NamedSharding(mesh, weight_spec(str(getattr(path[-1], "key", path[-1])), tuple(w.shape), mesh))
+
+    return jax.tree_util.tree_map_with_path(one, params)
+
+
+def shard_weights(params, mesh: Mesh):
+    """`params` placed on `mesh` by the logical-axis table (each device holds its shards only)."""
+    return jax.device_put(params, weight_shardings(params, mesh))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -60,7 +116,7 @@ def shard_state(state: TokenState, mesh: Mesh | None) -> TokenState:
     """Pad the batch to the mesh size and constrain every field's batch axis to BATCH_AXIS."""
     if mesh is None:
         return state
-    state = pad_rows(state, state.batch, mesh.size, _state_batch_axis)
+    state = pad_rows(state, state.batch, mesh.shape[BATCH_AXIS], _state_batch_axis)
 
     def constrain(path, a):
         spec = [None] * a.ndim
