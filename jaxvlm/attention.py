@@ -91,9 +91,9 @@ class TokenMask:
     def causal(self) -> bool:
         return self.aligned or self.q_slots is not None
 
-    def visible(self, t: int, q0, bq: int, k0, bk: int) -> jax.Array:
+    def visible(self, q0, bq: int, k0, bk: int) -> jax.Array:
         """(B, bq, bk) bool for queries [q0, q0+bq) and keys [k0, k0+bk) (starts may be traced; slots past
-        the ends are invisible). `t` is the number of query slots."""
+        the ends are invisible)."""
         kv_valid = _window(self.kv_valid, k0, bk, 1, False)
         vis = jnp.broadcast_to(kv_valid[:, None, :], (kv_valid.shape[0], bq, bk))
         kslot = k0 + jnp.arange(bk, dtype=jnp.int32)
@@ -114,7 +114,7 @@ class TokenMask:
 
     def dense_mask(self, t: int) -> jax.Array:
         """The full (B, T, S) boolean mask (reference path, tests)."""
-        return self.visible(t, 0, t, 0, self.kv_valid.shape[1])
+        return self.visible(0, t, 0, self.kv_valid.shape[1])
 
     def at_rows(self, rows_b: jax.Array) -> TokenMask:
         """The mask of one query per row, the one at slot rows_b (B,) of an aligned / slot-causal mask."""
@@ -201,7 +201,7 @@ def blocked_attention(q, k, v, mask: TokenMask, q_block: int = CPU_CAUSAL_BLOCK)
     for start in range(0, t, q_block):
         stop = min(start + q_block, t)
         kend = min(stop, s) if mask.aligned else s
-        logits = _block_scores(qh[:, :, :, start:stop], kh[:, :, :kend], mask.visible(t, start, stop - start, 0, kend))
+        logits = _block_scores(qh[:, :, :, start:stop], kh[:, :, :kend], mask.visible(start, stop - start, 0, kend))
         weights = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
         out = jnp.einsum("BKGTS,BKSH->BKGTH", weights.astype(vh.dtype), vh[:, :, :kend],
                          preferred_element_type=jnp.float32)
@@ -251,7 +251,7 @@ def chunked_attention(q, k, v, mask: TokenMask, q_block: int = Q_BLOCK, kv_block
         qb = jax.lax.dynamic_slice_in_dim(qh, q0, bq, axis=3)
         kb = jax.lax.dynamic_slice_in_dim(kh, k0, bk, axis=2)
         vb = jax.lax.dynamic_slice_in_dim(vh, k0, bk, axis=2)
-        state = _online_update(state, qb, kb, vb, mask.visible(t, q0, bq, k0, bk))
+        state = _online_update(state, qb, kb, vb, mask.visible(q0, bq, k0, bk))
         done = (state[2] / state[1]).astype(out.dtype)
         old = jax.lax.dynamic_slice_in_dim(out, q0, bq, axis=3)
         out = jax.lax.dynamic_update_slice_in_dim(out, jnp.where(is_last, done, old), q0, axis=3)

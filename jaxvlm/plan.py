@@ -10,7 +10,8 @@ shapes only (`jax.ShapeDtypeStruct`) and reports, per device, from the compiled 
   temp_bytes: `memory_analysis().temp_size_in_bytes`; total_bytes: arguments + outputs + temp - aliased.
 - compile_seconds: lower + compile. prefill_flops / decode_flops: dot FLOPs of the program (jaxpr), every
   scan counted times its length and the decode loop times (max_new - 1) (an upper bound: the loop stops at
-  EOS), divided evenly over the devices; prefill includes the vision tower. `compiled.cost_analysis()` counts each loop body once, hence not used.
+  EOS), divided evenly over the devices; prefill includes the vision tower. (`compiled.cost_analysis()`
+  counts each loop body once, hence not used.)
 - The attention path is the chunked online-softmax one (`--attention`), whose memory class (no (T, S) logits)
   is the TPU/GPU kernels'. `--devices N` plans N devices on a CPU host (a subprocess with
   XLA_FLAGS=--xla_force_host_platform_device_count=N). On CPU, bfloat16 programs upcast weight stacks to

@@ -30,7 +30,8 @@ SCRIPT = textwrap.dedent("""
     ids[:, 3:579] = 32000
     mask = np.ones_like(ids)
     mask[1, :20] = 0
-    inputs = dict(input_ids=ids, attention_mask=mask, pixel_values=rng.standard_normal((2, 3, 336, 336)).astype(np.float32))
+    pixels = rng.standard_normal((2, 3, 336, 336)).astype(np.float32)
+    inputs = dict(input_ids=ids, attention_mask=mask, pixel_values=pixels)
     mesh = sharding.model_mesh(1, 8)
     tp = sharding.shard_weights(params, mesh)
     total = sum(w.nbytes for w in jax.tree.leaves(params.weights))

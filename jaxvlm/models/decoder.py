@@ -128,7 +128,9 @@ def layer_weights(layers: dict, index) -> dict:
 def write_kv(cache, index, k_btkh, v_btkh):
     """Write one layer's keys/values (B, T, K, H) into heads-major cache buffers (L_c, B, K, T, H) at layer
     `index`, in place when the buffers are loop carries."""
-    put = lambda c, a: jax.lax.dynamic_update_index_in_dim(c, jnp.swapaxes(a, 1, 2).astype(c.dtype), index, 0)  # noqa: E731
+    def put(c, a):
+        return jax.lax.dynamic_update_index_in_dim(c, jnp.swapaxes(a, 1, 2).astype(c.dtype), index, 0)
+
     return put(cache[0], k_btkh), put(cache[1], v_btkh)
 
 
