@@ -173,6 +173,26 @@ def test_prepare_token_layout(cfg):
     assert (b["media"][0][vis] == 0).all() and (b["frame"][0][vis] == 0).all() and "image_sizes" not in b
 
 
+def test_kept_maps_place_tokens_on_the_tiles(cfg):
+    """kept_maps (the tile view of out.kept): all tokens kept -> the base tile, exactly the unpadded block of
+    the tile grid and every newline; one kept token -> one cell, where its features come from."""
+    params = random_params(cfg)
+    sizes = ((60, 240), (330, 110))
+    inputs = make_inputs(params, sizes=sizes, text=(10, 12))
+    b = llava_next.prepare(cfg, **inputs)
+    every = np.where(b["visual"], np.arange(b["visual"].shape[1]), -1)
+    for m in llava_next.kept_maps(cfg, inputs["image_sizes"], b, every):
+        lay = m["layout"]
+        want = np.zeros_like(m["grid"])
+        want[lay.r0:lay.r1, lay.c0:lay.c1] = True
+        assert m["base"].all() and m["newlines"].all() and (m["grid"] == want).all()
+    row0 = np.flatnonzero(b["visual"][0])
+    one = np.full((2, 1), -1)
+    one[0, 0] = row0[64 + 25 + 3]  # grid row 1 (full-grid row 2: row 0 is cut), column 3
+    maps = llava_next.kept_maps(cfg, inputs["image_sizes"], b, one)
+    assert maps[0]["grid"].sum() == 1 and maps[0]["grid"][2, 3] and not maps[1]["grid"].any()
+
+
 def test_tile_span_layout(cfg):
     """span_layout "tile": raster index within the token's own tile, newlines not detrended (-1)."""
     import dataclasses

@@ -130,6 +130,22 @@ def test_prepare_metadata(models, case):
     np.testing.assert_array_equal(seq["feature_index"], b["feature_index"])
 
 
+def test_kept_maps_per_frame(models, case):
+    """kept_maps (the per-frame view of out.kept): all tokens -> every patch and CLS of every frame; one kept
+    token -> its frame, row and column."""
+    _, params, _ = models
+    inputs, _ = case
+    b = video_llava.prepare(params.config, **inputs)
+    every = np.where(b["visual"], np.arange(b["visual"].shape[1]), -1)
+    maps = video_llava.kept_maps(params.config, b, every)
+    assert [m["patches"].shape for m in maps] == [(1, 16, 16)] * 2 + [(FRAMES, 16, 16)] * 2
+    assert all(m["patches"].all() for m in maps) and maps[2]["cls"].all() and not maps[0]["cls"].any()
+    one = np.full((3, 1), -1)
+    one[1, 0] = np.flatnonzero(b["visual"][1])[3 * 257 + 1 + 2 * 16 + 5]  # frame 3, patch (2, 5)
+    maps = video_llava.kept_maps(params.config, b, one)
+    assert maps[2]["patches"].sum() == 1 and maps[2]["patches"][3, 2, 5]
+
+
 def test_prepare_errors_name_the_input(models, case):
     _, params, _ = models
     inputs, _ = case

@@ -295,6 +295,40 @@ def prepare(cfg: LlavaNextConfig, input_ids, attention_mask=None, pixel_values=N
     }
 
 
+def kept_maps(cfg: LlavaNextConfig, image_sizes, batch: dict, kept) -> list[dict]:
+    """Which tokens of each image survived pruning, for views over the tiles (host side, numpy).
+
+    image_sizes (I, 2) (height, width), `batch` = prepare's output for them, kept (B, K) input indices of
+    the surviving tokens (`out.kept[i]`; -1 ignored). Per image: {"base": (G, G) bool over the base tile,
+    "grid": (nph*G, npw*G) bool over the whole tile grid (the rows / columns unpad cut are always False),
+    "newlines": (kept rows,) bool, "layout": GridLayout}.
+    """
+    g = cfg.vision.grid
+    layouts = [grid_layout(hw, cfg) for hw in np.asarray(image_sizes)]
+    first = np.cumsum([0] + [lay.tiles for lay in layouts])
+    newline_row = int(first[-1]) * g * g
+    maps = [{"base": np.zeros((g, g), bool), "grid": np.zeros((lay.nph * g, lay.npw * g), bool),
+             "newlines": np.zeros(lay.r1 - lay.r0, bool), "layout": lay} for lay in layouts]
+    kept = np.asarray(kept)
+    for b, k in zip(*np.nonzero(kept >= 0)):
+        t = int(kept[b, k])
+        i, src = int(batch["media"][b, t]), int(batch["feature_index"][b, t])
+        if i < 0:
+            continue
+        m, lay = maps[i], layouts[i]
+        if src == newline_row:
+            before = batch["visual"][b, :t] & (batch["media"][b, :t] == i) & (batch["feature_index"][b, :t] == src)
+            m["newlines"][int(before.sum())] = True
+            continue
+        tile, (py, px) = src // (g * g) - first[i], divmod(src % (g * g), g)
+        if tile == 0:
+            m["base"][py, px] = True
+        else:
+            tr, tc = divmod(int(tile) - 1, lay.npw)
+            m["grid"][tr * g + py, tc * g + px] = True
+    return maps
+
+
 # ------------------------------------------------------------------------------------------ jittable
 
 

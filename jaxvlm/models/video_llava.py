@@ -163,6 +163,30 @@ def prepare(cfg: VideoLlavaConfig, input_ids, attention_mask=None, pixel_values=
     return batch
 
 
+def kept_maps(cfg: VideoLlavaConfig, batch: dict, kept) -> list[dict]:
+    """Which tokens of each image / video survived pruning, for per-frame views (host side, numpy).
+
+    batch = prepare's output, kept (B, K) input indices of the surviving tokens (`out.kept[i]`; -1 ignored).
+    Per media, images first then videos: {"patches": (F, G, G) bool (F = 1 for an image), "cls": (F,) bool
+    (the frames' CLS tokens; an image's under "full")}.
+    """
+    g = cfg.vision.grid
+    n_img, (n_vid, n_frames) = batch["pixel_values"].shape[0], batch["pixel_values_videos"].shape[:2]
+    maps = [{"patches": np.zeros((f, g, g), bool), "cls": np.zeros(f, bool)}
+            for f in [1] * n_img + [n_frames] * n_vid]
+    kept = np.asarray(kept)
+    for b, k in zip(*np.nonzero(kept >= 0)):
+        t = int(kept[b, k])
+        i, f, r, c = (int(batch[key][b, t]) for key in ("media", "frame", "row", "col"))
+        if i < 0:
+            continue
+        if r < 0:
+            maps[i]["cls"][f] = True
+        else:
+            maps[i]["patches"][f, r, c] = True
+    return maps
+
+
 # ------------------------------------------------------------------------------------------ jittable
 
 
