@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxvlm.errors import UserError
 from jaxvlm.layers import activation, apply_rope, attention, base_inv_freq, full_mask, layer_norm, rms_norm
 
 NORM_EPS = 1e-6  # transformers hard-codes eps=1e-6 for every norm of both towers and mergers
@@ -115,13 +116,13 @@ def check_grids(cfg: VisionConfig, grid_thw: np.ndarray, name: str) -> np.ndarra
     """Validate a (num_media, 3) grid array (t, h, w in patches); return it as int64."""
     g = np.asarray(grid_thw)
     if g.ndim != 2 or g.shape[1] != 3:
-        raise ValueError(f"{name} must have shape (num_media, 3), got {g.shape}")
+        raise UserError(f"{name} must have shape (num_media, 3), got {g.shape}")
     g = g.astype(np.int64)
     m = cfg.spatial_merge_size
     if (g <= 0).any():
-        raise ValueError(f"{name} has non-positive entries: {g.tolist()}")
+        raise UserError(f"{name} has non-positive entries: {g.tolist()}")
     if (g[:, 1] % m).any() or (g[:, 2] % m).any():
-        raise ValueError(f"{name}: h and w must be multiples of spatial_merge_size={m}, got {g.tolist()}")
+        raise UserError(f"{name}: h and w must be multiples of spatial_merge_size={m}, got {g.tolist()}")
     return g
 
 
