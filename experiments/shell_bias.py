@@ -31,14 +31,22 @@ def photos_inputs(proc, names=assets.PHOTOS):
     return [proc(text=[real_lm.visual_prompt(proc, QUESTION)], images=[assets.photo(n)]) for n in names]
 
 
+def self_trends(rec) -> list:
+    """Each sample's own robust exponential (experiments.self_trend.row_slopes) as a Trend."""
+    from experiments.self_trend import row_slopes
+
+    b = np.asarray(row_slopes(rec.scores, np.maximum(rec.positions, 0), (rec.valid > 0) & (rec.positions >= 0)))
+    return [debias.Trend("exponential", (1.0, float(v), 0.0)) for v in b]
+
+
 def flatness(rec, trend_for) -> float:
     """Rank correlation of position and the per-sample-normalised mean score after dividing out
-    trend_for(n_tokens) (0 = no position trend left)."""
+    trend_for(sample, n_tokens) (0 = no position trend left)."""
     s = rec.scores.copy()
     for j in range(len(s)):
         n = int((rec.positions[j] >= 0).sum())
         ok = rec.positions[j] >= 0
-        s[j, ok] = debias.detrend(s[j, ok], rec.positions[j, ok], trend_for(n))
+        s[j, ok] = debias.detrend(s[j, ok], rec.positions[j, ok], trend_for(j, n))
         s[j] /= max(s[j, ok & (rec.valid[j] > 0)].mean(), 1e-30)
     x, m, _ = mean_profile(s, rec.valid, rec.positions)
     return rank_correlation(x, m)
@@ -65,6 +73,7 @@ def measure(params, proc, label: str, layers=(1, 2), keep: int = 64, photos=asse
                                rec.valid, rec.positions)
         span = max(n_vis)
         profiles[layer] = (x, m, trend)
+        selfs = self_trends(rec)
         rel = np.where(rec.positions >= 0, rec.positions * (575.0 / np.maximum(np.array(n_vis)[:, None] - 1, 1)), -1)
         trend_rel, rep_rel = calibrate(rec.scores, rec.valid, rel, loss="log", normalize=True, holdout=0.34)
         out["layers"][str(layer)] = {
@@ -74,16 +83,19 @@ def measure(params, proc, label: str, layers=(1, 2), keep: int = 64, photos=asse
             "holdout_r2": rep.get("holdout", {}).get("r2"),
             "own_trend_relative": trend_rel.to_dict(), "holdout_r2_relative": rep_rel.get("holdout", {}).get("r2"),
             "rank_corr_after": {
-                "release_as_shipped": flatness(rec, lambda n: release),
-                "release_stretched_to_span": flatness(rec, lambda n: release.stretch(576, n)),
-                "own_calibrated": flatness(rec, lambda n: trend),
-                "own_calibrated_relative": flatness(rec, lambda n: trend_rel.stretch(576, n))},
+                "release_as_shipped": flatness(rec, lambda j, n: release),
+                "release_stretched_to_span": flatness(rec, lambda j, n: release.stretch(576, n)),
+                "own_calibrated": flatness(rec, lambda j, n: trend),
+                "own_calibrated_relative": flatness(rec, lambda j, n: trend_rel.stretch(576, n)),
+                "self_trend": flatness(rec, lambda j, n: selfs[j])},
             "release_ratio_used": {"as_shipped": float(release(span - 1) / release(0)),
                                    "stretched": float(release(575) / release(0))},
         }
     # selection at FastV's own layer (score layer 1): raw / release / release stretched / own (other half)
     rec = collect(params, inputs, fastv(layer=2, keep=keep)[0], pad_t)
-    sel = {"raw": [], "release": [], "own_other_half": []}
+    from experiments.self_trend import SelfDetrended
+
+    sel = {"raw": [], "release": [], "own_other_half": [], "self_trend": []}
     half = np.arange(len(inputs)) % 2
     own_of = {h: calibrate(rec.scores[half != h], rec.valid[half != h], rec.positions[half != h], loss="log",
                            normalize=True, holdout=0.0)[0] for h in (0, 1)}
@@ -96,7 +108,8 @@ def measure(params, proc, label: str, layers=(1, 2), keep: int = 64, photos=asse
         k = min(keep, n)
         for key, sched in (("raw", fastv(layer=2, keep=k)),
                            ("release", debiased_fastv(keep=k) if llava else debiased_fastv(keep=k, pad_threshold=pad_t)),
-                           ("own_other_half", debiased_fastv(keep=k, trend=own))):
+                           ("own_other_half", debiased_fastv(keep=k, trend=own)),
+                           ("self_trend", (SelfDetrended(fastv(layer=2, keep=k)[0]),))):
             kept = np.asarray(jaxvlm.forward(params, prune=sched, **inp).kept[0][0])
             pos = np.searchsorted(vis_ids, kept[kept >= 0])
             sel[key].append({"kept": int(len(pos)), "last_third": float(np.mean(pos >= 2 * n / 3)),
@@ -113,7 +126,7 @@ def shell_label(name: str) -> str:
 
 def table(reports: list[dict]) -> str:
     lines = [f"{'model':<9} {'layer':>5} {'N':>9} {'rank corr':>9} {'own ratio':>9} {'R2':>5} "
-             f"{'after: release':>14} {'stretched':>9} {'own':>6} {'own rel':>7} {'1st tok':>7} {'span':>5}"]
+             f"{'after: release':>14} {'stretched':>9} {'own':>6} {'own rel':>7} {'self':>5} {'1st tok':>7} {'span':>5}"]
     for r in reports:
         for layer, v in r["layers"].items():
             a = v["rank_corr_after"]
@@ -121,7 +134,7 @@ def table(reports: list[dict]) -> str:
             lines.append(f"{r['name']:<9} {layer:>5} {min(n):>4}-{max(n):<4} {v['rank_corr_position_score']:9.2f} "
                          f"{v['own_trend_ratio_over_span']:9.1f} {v['holdout_r2'] or float('nan'):5.2f} "
                          f"{a['release_as_shipped']:14.2f} {a['release_stretched_to_span']:9.2f} {a['own_calibrated']:6.2f} "
-                         f"{a['own_calibrated_relative']:7.2f} {v['first_token_share']:7.2f} {v['span_share']:5.2f}")
+                         f"{a['own_calibrated_relative']:7.2f} {a['self_trend']:5.2f} {v['first_token_share']:7.2f} {v['span_share']:5.2f}")
     lines += ["", f"FastV selection (layer 2): share of kept tokens in the last third of the image / padding share of kept"]
     for r in reports:
         for key, rows in r["selection"].items():
