@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from jaxvlm.evaluation.base import DataError, Sample, ScoreResult, check_media, read_jsonl, require_fields
 
 NAME = "fakeqa"
@@ -74,8 +76,9 @@ QWEN_TEMPLATE = (
 )
 
 
-def tiny_llava(path) -> Path:
-    """A LLaVA-1.5-shaped checkpoint (jaxvlm format, random weights) with its processor files beside it."""
+def tiny_llava(path, hf_layout: bool = False) -> Path:
+    """A LLaVA-1.5-shaped checkpoint (jaxvlm format, or with `hf_layout` a Hugging Face safetensors directory
+    in the Hub's key layout) with random weights and its processor files beside it."""
     from transformers import LlavaImageProcessorPil, LlavaProcessor
 
     import jaxvlm
@@ -88,7 +91,19 @@ def tiny_llava(path) -> Path:
     hf = assets.llava_hf_config(len(tok), tok.convert_tokens_to_ids(assets.IMAGE_TOKEN), tok.pad_token_id,
                                 hidden=64, layers=3, heads=2, vision_hidden=32, vision_layers=1)
     hf["vision_config"]["image_size"] = LLAVA_SIDE
-    jaxvlm.save(random_params(llava.parse_config(hf), seed=1, std=0.08), path, hf_config=hf)
+    params = random_params(llava.parse_config(hf), seed=1, std=0.08)
+    if hf_layout:
+        from safetensors.numpy import save_file
+
+        from converters import table_for
+        from converters.core import export
+
+        path.mkdir(parents=True)
+        save_file({k: np.ascontiguousarray(v) for k, v in export(table_for(params.config), params.weights, "hub")},
+                  str(path / "model.safetensors"))
+        (path / "config.json").write_text(json.dumps(hf))
+    else:
+        jaxvlm.save(params, path, hf_config=hf)
     ip = LlavaImageProcessorPil(do_pad=True, size={"shortest_edge": LLAVA_SIDE},
                                 crop_size={"height": LLAVA_SIDE, "width": LLAVA_SIDE})
     LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=14, vision_feature_select_strategy="default",

@@ -84,7 +84,9 @@ def _mesh_size(value: str | None) -> int | None:
 
 
 def eval_main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="jaxvlm eval", description=__doc__.split("\n\n")[1].splitlines()[0])
+    p = argparse.ArgumentParser(prog="jaxvlm eval", description="Answer every question of BENCH under each "
+                                "--prune schedule (model loaded once) into OUT/BENCH/<schedule>/answers.jsonl "
+                                "(LLaVA's answers format, resumable), then write OUT/summary.{md,json,png}.")
     p.add_argument("benchmark", metavar="BENCH", choices=_bench_names(), help=", ".join(_bench_names()))
     p.add_argument("--data", required=True, help="the benchmark's folder (LLaVA eval layout, Video-LLaVA "
                    "GPT_Zero_Shot_QA/<set>, or a local lmms-eval parquet dataset)")
@@ -141,7 +143,9 @@ def eval_main(argv: list[str] | None = None) -> int:
 
 
 def score_main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="jaxvlm score", description=__doc__.split("\n\n")[2].splitlines()[0])
+    p = argparse.ArgumentParser(prog="jaxvlm score", description="Score an answers file in LLaVA's format as the "
+                                "benchmark's official script does; print {benchmark, metrics, per_question, "
+                                "artifacts} as one JSON object.")
     p.add_argument("benchmark", metavar="BENCH", choices=_bench_names(), help=", ".join(_bench_names()))
     p.add_argument("--data", required=True, help="the benchmark's folder (as for jaxvlm eval)")
     p.add_argument("--answers", required=True, help="answers file in LLaVA's format (ours or LLaVA's)")

@@ -159,6 +159,10 @@ def run(job: EvalJob) -> list[dict]:
     if not samples_all:
         raise UserError(f"{job.data}: {job.benchmark} has no questions")
     process, processes = jax.process_index(), jax.process_count()
+    if processes > 1:  # every host here before the first collective (gloo's set-up has a deadline)
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("jaxvlm-eval-start")
     lo, hi = shard_range(len(samples_all), process, processes)
     samples = samples_all[lo:hi]
     stop = len(samples) if job.limit is None else max(0, min(len(samples), job.limit - lo))
@@ -191,16 +195,25 @@ def run(job: EvalJob) -> list[dict]:
             if t.store.repaired:
                 status(f"{t.store.path}: cut a partial last line ({t.store.repaired} bytes); answering it again")
         first = min(t.start for t in tasks)
-        if first >= stop:
+        if not _any_host(first < stop, shard):
             status(f"every schedule already answered {stop} questions" + (f" of shard {process}" if shard else ""))
-        else:
-            _generate(job, bench, processor, proc_dir, samples, tasks, first, stop, max_new)
+        else:  # a host without work still loads the model: loading is collective (orbax) on several hosts
+            _generate(job, bench, processor, proc_dir, samples, tasks, min(first, stop), stop, max_new)
     stats = [{"spec": t.spec, "slug": schedule_slug(t.spec), "answers": str(t.store.path), "samples": t.samples,
               "seconds": t.seconds, "compile_seconds": t.compile_seconds, "compiles": t.compiles,
               "lines": t.store.done, "questions": len(samples)} for t in tasks]
     if shard:
         _merge_shards(job, tasks, len(samples_all), process, processes)
     return stats
+
+
+def _any_host(flag: bool, shard) -> bool:
+    """`flag` of this process, or-ed over all processes when sharded over hosts."""
+    if not shard:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(np.asarray(multihost_utils.process_allgather(np.array([flag]))).any())
 
 
 def _generate(job, bench, processor, proc_dir, samples, tasks, first, stop, max_new) -> None:
