@@ -8,6 +8,15 @@ jaxvlm entry points take.
 LLaVA-1.5: LlavaProcessor (PIL image processor) with `num_additional_image_tokens=1` when the directory does
     not set it (the CLS token the vision tower drops), so each `<image>` expands to 576 ids. Returns
     input_ids, attention_mask, pixel_values (N,3,H,W), image_sizes (N,2) = original (width, height).
+LLaVA-NeXT: LlavaNextProcessor (PIL image processor; `num_additional_image_tokens=1` defaulted as for LLaVA-1.5).
+    Returns input_ids, attention_mask, pixel_values (N, max tiles, 3, S, S), image_sizes (N,2) = transformers'
+    original (height, width).
+Video-LLaVA: VideoLlavaProcessor declaring only (image_processor, tokenizer) (its video processor needs
+    torchvision). Videos are uint8 frame stacks (F,H,W,3) (8 frames sampled by the caller); every frame goes
+    through the image processor (CLIP shortest-edge resize, centre crop, normalise), which is what
+    transformers' VideoLlavaImageProcessor did for videos before the video processor split off, and
+    transformers' own `replace_video_token` expands each `<video>`. Returns input_ids, attention_mask,
+    pixel_values (N,3,S,S) when there are images, pixel_values_videos (V,F,3,S,S) when there are videos.
 Qwen2-VL / Qwen2.5-VL: transformers' Qwen2VLProcessor / Qwen2_5_VLProcessor insist on a video processor,
     which needs torchvision; a subclass declaring only (image_processor, tokenizer) works without it (images
     only). Returns input_ids, attention_mask, mm_token_type_ids, pixel_values (patches, C*2*14*14),
@@ -31,8 +40,10 @@ from jaxvlm.errors import UserError, one_line
 from jaxvlm.images import to_rgb
 
 PROCESSOR_FAMILIES = {
-    "LlavaProcessor": "llava", "Qwen2VLProcessor": "qwen2_vl", "Qwen2_5_VLProcessor": "qwen2_5_vl",
+    "LlavaProcessor": "llava", "LlavaNextProcessor": "llava_next", "VideoLlavaProcessor": "video_llava",
+    "Qwen2VLProcessor": "qwen2_vl", "Qwen2_5_VLProcessor": "qwen2_5_vl",
 }
+CLS_DROPPING = ("llava", "llava_next")  # families whose processors need num_additional_image_tokens = 1
 MODEL_TYPE_FAMILIES = {"llava": "llava", "llava_next": "llava_next", "video_llava": "video_llava",
                        "qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_5_vl"}
 
@@ -93,11 +104,70 @@ def _image_only(cls):
     return ImageOnly
 
 
+def _frames_video_llava():
+    """VideoLlavaProcessor with only (image_processor, tokenizer); videos go through the image processor frame
+    by frame, then transformers' replace_video_token expands each `<video>`."""
+    from transformers import VideoLlavaProcessor
+    from transformers.processing_utils import ProcessorMixin
+
+    class VideoLlavaFrames(VideoLlavaProcessor):
+        video_processor = None  # videos are handled by _process_videos below
+
+        @classmethod
+        def get_attributes(cls_):
+            return ["image_processor", "tokenizer"]
+
+        def __init__(self, image_processor=None, tokenizer=None, patch_size=14, vision_feature_select_strategy="default",
+                     image_token="<image>", video_token="<video>", chat_template=None, num_additional_image_tokens=1,
+                     **kwargs):
+            self.patch_size, self.num_additional_image_tokens = patch_size, num_additional_image_tokens
+            self.vision_feature_select_strategy = vision_feature_select_strategy
+            self.image_token = getattr(tokenizer, "image_token", None) or image_token
+            self.video_token = getattr(tokenizer, "video_token", None) or video_token
+            self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+            self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+            ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template, **kwargs)
+
+        def _process_videos(self, videos, **kwargs):
+            pixels = np.stack([video_frames(self.image_processor, v) for v in videos])
+            processed = {"pixel_values_videos": pixels}
+            return processed, [self.replace_video_token(processed, video_idx=i) for i in range(len(videos))]
+
+    VideoLlavaFrames.__name__ = VideoLlavaFrames.__qualname__ = "VideoLlavaProcessor"
+    return VideoLlavaFrames
+
+
+def video_array(frames, name: str = "video") -> np.ndarray:
+    """One video, (F, H, W, C) or a list of same-sized images (any mode), as uint8 RGB (F, H, W, 3)."""
+    if not isinstance(frames, (list, tuple)):
+        frames = np.asarray(frames)
+        if frames.ndim != 4:  # (H, W, 3) would be read as H frames of (W, 3): refuse it
+            raise UserError(f"{name}: a video must be frames (F, H, W, C) or a list of frames; got shape "
+                            f"{frames.shape}")
+    if len(frames) == 0:
+        raise UserError(f"{name}: a video must be frames (F, H, W, C) or a list of frames; got no frames")
+    rgb = [to_rgb(f, f"{name}[{j}]") for j, f in enumerate(frames)]
+    if len({f.shape for f in rgb}) > 1:
+        raise UserError(f"{name}: frames differ in size ({sorted({f.shape[:2] for f in rgb})}); a video's frames "
+                        "must share one (height, width)")
+    return np.stack(rgb)
+
+
+def video_frames(image_processor, video: np.ndarray) -> np.ndarray:
+    """(F, H, W, 3) uint8 -> (F, 3, S, S) float32: each frame through the image processor, in order."""
+    out = image_processor(list(video), return_tensors="np", return_legacy_image_output=False)
+    return np.asarray(out["pixel_values"], np.float32)
+
+
 def hf_processor_class(family: str):
     import transformers
 
     if family == "llava":
         return transformers.LlavaProcessor
+    if family == "llava_next":
+        return transformers.LlavaNextProcessor
+    if family == "video_llava":
+        return _frames_video_llava()
     base = transformers.Qwen2VLProcessor if family == "qwen2_vl" else transformers.Qwen2_5_VLProcessor
     return _image_only(base)
 
@@ -118,7 +188,7 @@ class Processor:
         path = os.fspath(path)
         family = family or detect_family(path)
         proc_cls = hf_processor_class(family)
-        if family == "llava":
+        if family in CLS_DROPPING:
             stored = {**_read(path, "processor_config.json"), **kwargs}
             if "num_additional_image_tokens" not in stored:
                 kwargs["num_additional_image_tokens"] = 1  # CLIP's CLS token, dropped by LLaVA
@@ -133,9 +203,14 @@ class Processor:
 
     def __call__(self, text: str | Sequence[str], images: Sequence[Any] | None = None, videos=None,
                  padding: bool | str = True, **kwargs) -> dict[str, np.ndarray]:
-        if videos is not None:
+        """text: prompts with the family's placeholders; images: one image or a list; videos (Video-LLaVA
+        only): one (F, H, W, 3) frame stack or a list of them."""
+        if videos is not None and self.family != "video_llava":
             raise NotImplementedError("video preprocessing needs transformers' video processor, which needs "
                                       "torchvision; pass pixel_values_videos / video_grid_thw yourself")
+        if videos is not None:
+            videos = list(videos) if isinstance(videos, (list, tuple)) else [videos]
+            kwargs["videos"] = [video_array(v, f"videos[{i}]") for i, v in enumerate(videos)]
         if isinstance(text, str):
             text = [text]
         if images is not None:
@@ -146,13 +221,13 @@ class Processor:
         except ValueError as e:  # transformers' own checks of what it was given (image count, aspect ratio, ...)
             raise UserError(f"{type(self.hf).__name__}: {one_line(e)}") from e
         arrays = {k: np.asarray(v) for k, v in out.items()}
-        if self.family == "llava":
+        arrays.pop("token_type_ids", None)
+        if self.family in ("llava", "llava_next", "video_llava"):
             arrays.pop("mm_token_type_ids", None)
-            arrays.pop("token_type_ids", None)
-            if images is not None:  # original (width, height)
-                arrays["image_sizes"] = np.array([im.shape[1::-1] for im in images], np.int32).reshape(-1, 2)
-        else:
-            arrays.pop("token_type_ids", None)
+        if self.family == "llava" and images is not None:  # original (width, height)
+            arrays["image_sizes"] = np.array([im.shape[1::-1] for im in images], np.int32).reshape(-1, 2)
+        if "pixel_values_images" in arrays:  # Video-LLaVA's legacy key
+            arrays["pixel_values"] = arrays.pop("pixel_values_images")
         for k in list(arrays):
             if k in self.INT_KEYS:
                 arrays[k] = arrays[k].astype(np.int32)
