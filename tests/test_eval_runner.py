@@ -196,9 +196,11 @@ def test_skip_bad_records_undecodable_images(llava_dir, fake_data, tmp_path):
 def test_errors_name_the_flag_before_loading(llava_dir, fake_data, tmp_path):
     with pytest.raises(UserError, match="--prune 'nosuch'"):
         cli.eval_main(eval_args(llava_dir, fake_data, tmp_path, "nosuch"))
-    with pytest.raises(UserError, match="--mesh 'model=2'"):
-        cli.eval_main(eval_args(llava_dir, fake_data, tmp_path, extra=["--mesh", "model=2"]))
-    with pytest.raises(UserError, match="--mesh data=64: this process has"):
+    with pytest.raises(UserError, match="--mesh 'pipeline=2'"):
+        cli.eval_main(eval_args(llava_dir, fake_data, tmp_path, extra=["--mesh", "pipeline=2"]))
+    with pytest.raises(UserError, match="--mesh 'data=x'"):
+        cli.eval_main(eval_args(llava_dir, fake_data, tmp_path, extra=["--mesh", "data=x"]))
+    with pytest.raises(UserError, match="--mesh data=64,model=1: this process has"):
         cli.eval_main(eval_args(llava_dir, fake_data, tmp_path, extra=["--mesh", "data=64"]))
     with pytest.raises(UserError, match="--data .*no such directory"):
         cli.eval_main(eval_args(llava_dir, tmp_path / "nope", tmp_path))
@@ -213,7 +215,7 @@ EIGHT = textwrap.dedent("""
     from jaxvlm import evaluation
     from jaxvlm.evaluation import cli
     evaluation.BENCHMARKS["fakeqa"] = "evalfake"
-    for mesh in ("data=8", "data=1"):
+    for mesh in ("data=8", "data=2,model=4", "data=1"):
         cli.eval_main(["fakeqa", "--data", {data!r}, "--model", {model!r}, "--out", os.path.join({out!r}, mesh),
                        "--prune", "none", "debiased_fastv:layer=1,keep=32", "--batch-size", "8",
                        "--max-new-tokens", "3", "--dtype", "float32", "--no-progress", "--mesh", mesh])
@@ -230,9 +232,10 @@ def test_eight_devices_answer_as_one(llava_dir, tmp_path):
                           cwd=TESTS.parent)
     assert "EIGHT_OK" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-4000:]
     for slug in ("none", "debiased_fastv-layer=1-keep=32"):
-        eight = [a["text"] for a in answers_of(tmp_path / "data=8", slug)]
         one = [a["text"] for a in answers_of(tmp_path / "data=1", slug)]
-        assert len(eight) == 11 and eight == one
+        for mesh in ("data=8", "data=2,model=4"):
+            got = [a["text"] for a in answers_of(tmp_path / mesh, slug)]
+            assert len(got) == 11 and got == one, mesh
 
 
 HOSTS = textwrap.dedent("""

@@ -74,13 +74,15 @@ def parse_schedules(specs: list[str], benchmark: str) -> list[tuple[str, object]
     return out
 
 
-def _mesh_size(value: str | None) -> int | None:
+def parse_mesh(value: str | None) -> tuple[int | None, int]:
+    """`data=D[,model=M]` -> (D or None, M): D devices on the data axis, M on the model axis (default 1)."""
     if value is None:
-        return None
-    axes = dict(item.partition("=")[::2] for item in value.split(","))
-    if set(axes) != {"data"} or not axes["data"].isdigit() or int(axes["data"]) < 1:
-        raise UserError(f"--mesh {value!r}: expected data=N (data parallelism over N devices of each process)")
-    return int(axes["data"])
+        return None, 1
+    axes = dict(item.strip().partition("=")[::2] for item in value.split(","))
+    if not axes or not set(axes) <= {"data", "model"} or not all(v.isdigit() and int(v) >= 1 for v in axes.values()):
+        raise UserError(f"--mesh {value!r}: expected data=D[,model=M] (data parallelism over D devices of each "
+                        "process, tensor parallelism over M)")
+    return (int(axes["data"]) if "data" in axes else None), int(axes.get("model", 1))
 
 
 def eval_main(argv: list[str] | None = None) -> int:
@@ -103,7 +105,8 @@ def eval_main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-folder", default=None, help="images folder (default: the layout's standard one)")
     p.add_argument("--variant", choices=("llava", "lmms"), default="llava", help="prompts as LLaVA-1.5 or lmms-eval")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16")
-    p.add_argument("--mesh", default=None, help="data=N: data-parallel over N devices (default: all)")
+    p.add_argument("--mesh", default=None,
+                   help="data=D[,model=M]: D-way data parallel (default: all devices / M), M-way tensor parallel")
     p.add_argument("--distributed", action="store_true",
                    help="multi-host: jax.distributed.initialize() (cluster auto-detected) before anything else")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -123,12 +126,14 @@ def eval_main(argv: list[str] | None = None) -> int:
                         ("--max-new-tokens", args.max_new_tokens)):
         if value is not None and value < 1:
             raise UserError(f"{flag} {value}: must be at least 1")
+    data_size, model_size = parse_mesh(args.mesh)
     job = runner.EvalJob(
         benchmark=args.benchmark, data=args.data, model=args.model,
         schedules=parse_schedules(args.prune, args.benchmark), out=args.out, processor=args.processor,
         batch_size=args.batch_size, limit=args.limit, skip_bad=args.skip_bad, overwrite=args.overwrite,
         max_new_tokens=args.max_new_tokens, image_folder=args.image_folder, variant=args.variant,
-        dtype=args.dtype, mesh_size=_mesh_size(args.mesh), progress=not args.no_progress)
+        dtype=args.dtype, mesh_size=data_size, model_size=model_size,
+        progress=not args.no_progress)
     stats = runner.run(job)
     for s in stats:
         rate = f"{s['samples'] / s['seconds']:.2f} samples/s" if s["seconds"] else "no new answers"

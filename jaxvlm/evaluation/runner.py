@@ -9,7 +9,8 @@ batches -> load the model -> for each batch (encoded in a background thread, fee
 schedule that still needs its rows. Each schedule writes `<out>/<bench>/<slug>/answers.jsonl` (store.py).
 
 Devices: data-parallel over this process's devices (`mesh_size` of them, default all) through
-jaxvlm.engine.sharding.data_mesh. Multi-host (jax.distributed initialised before the run): process p answers
+jaxvlm.engine.sharding.data_mesh; with `model_size` > 1 a (data x model) mesh whose model axis splits the
+weights (sharding.model_mesh / shard_weights, tensor parallelism for models one device cannot hold). Multi-host (jax.distributed initialised before the run): process p answers
 the contiguous chunk p of ceil(n / P) questions (LLaVA's --chunk-idx split) on its own devices into
 `answers.<p>.jsonl`; after a barrier, process 0 merges complete shards in order into `answers.jsonl`.
 Decoding is greedy; an answer is `batch_decode(tokens up to the first EOS, skip_special_tokens=True).strip()`.
@@ -48,7 +49,8 @@ class EvalJob:
     image_folder: str | None = None
     variant: str = "llava"
     dtype: str = "bfloat16"
-    mesh_size: int | None = None
+    mesh_size: int | None = None  # devices on the data axis (default: all / model)
+    model_size: int = 1  # devices on the model axis (tensor parallelism)
     progress: bool = True
 
 
@@ -95,17 +97,20 @@ def shard_range(n: int, process: int, processes: int) -> tuple[int, int]:
     return min(n, process * size), min(n, (process + 1) * size)
 
 
-def local_mesh(mesh_size: int | None):
-    """(mesh or None, number of devices): a data mesh over this process's first `mesh_size` devices."""
+def local_mesh(data: int | None, model: int = 1):
+    """(mesh or None, data-axis size): a (data x model) mesh over this process's first devices (data default:
+    all devices / model); a 1-D data mesh when model == 1, None for one device."""
     import jax
 
-    from jaxvlm.engine.sharding import data_mesh
+    from jaxvlm.engine.sharding import data_mesh, model_mesh
 
     devices = jax.local_devices()
-    n = len(devices) if mesh_size is None else mesh_size
-    if not 1 <= n <= len(devices):
-        raise UserError(f"--mesh data={n}: this process has {len(devices)} device(s)")
-    return (data_mesh(devices[:n]) if n > 1 else None), n
+    data = len(devices) // model if data is None else data
+    if data < 1 or model < 1 or data * model > len(devices):
+        raise UserError(f"--mesh data={data},model={model}: this process has {len(devices)} device(s)")
+    if data * model == 1:
+        return None, 1
+    return (data_mesh(devices[:data]) if model == 1 else model_mesh(data, model, devices)), data
 
 
 @dataclasses.dataclass
@@ -230,7 +235,7 @@ def _generate(job, bench, processor, proc_dir, samples, tasks, first, stop, max_
     encoder = feed.Encoder(processor, bench, video_cfg, skip_bad=job.skip_bad)
     lines = list(range(first, stop))
     lengths = encoder.estimate_lengths([samples[i] for i in lines])
-    mesh, n_dev = local_mesh(job.mesh_size)
+    mesh, n_dev = local_mesh(job.mesh_size, job.model_size)
     batch_size = job.batch_size or 8 * n_dev
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size}: must be at least 1")
@@ -239,12 +244,12 @@ def _generate(job, bench, processor, proc_dir, samples, tasks, first, stop, max_
     status(f"loading {job.model} ({job.dtype})")
     t0 = time.perf_counter()
     params = jaxvlm.load(job.model, dtype=job.dtype)
-    if mesh is not None:  # weights replicated over the data mesh
-        from jaxvlm.engine.sharding import replicated
+    if mesh is not None:  # weights split over the model axis by the logical-axis table, replicated over data
+        from jaxvlm.engine.sharding import shard_weights
 
-        params = jax.device_put(params, replicated(mesh))
+        params = shard_weights(params, mesh)
     status(f"loaded in {time.perf_counter() - t0:.1f} s; {len(lines)} questions x {len(tasks)} schedule(s), "
-           f"batch {batch_size} on {n_dev} device(s)")
+           f"batch {batch_size} on {n_dev * job.model_size} device(s) (data {n_dev} x model {job.model_size})")
     tok = processor.tokenizer
     eos = eos_ids(job.model, tok)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else (eos[0] if eos else 0)
