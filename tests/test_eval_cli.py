@@ -29,6 +29,11 @@ def llava_dir(tmp_path_factory):
     return evalfake.tiny_llava(tmp_path_factory.mktemp("llava") / "model")
 
 
+@pytest.fixture(scope="module")
+def qwen_dir(tmp_path_factory):
+    return evalfake.tiny_qwen2_vl(tmp_path_factory.mktemp("qwen") / "model")
+
+
 def run(argv, capsys) -> tuple[int, str, str]:
     rc = jaxvlm_cli.main(argv)
     out, err = capsys.readouterr()
@@ -74,13 +79,19 @@ def test_lmms_parquet_end_to_end(llava_dir, tmp_path, capsys):
     assert set(printed["metrics"]) >= {"adversarial", "popular", "random", "f1_mean"}
 
 
-def test_video_end_to_end_on_qwen2_vl(tmp_path, capsys):
-    model = evalfake.tiny_qwen2_vl(tmp_path / "qwen")
+def test_video_end_to_end_on_qwen2_vl(qwen_dir, tmp_path, capsys):
     data = choice_judge.make_video(tmp_path / "eval", "msvd_qa")
-    answers, printed = eval_and_score("msvd_qa", data, model, tmp_path / "out", capsys)
+    answers, printed = eval_and_score("msvd_qa", data, qwen_dir, tmp_path / "out", capsys)
     assert all(a["metadata"]["visual_tokens"] > 0 for a in answers)
     merge = Path(printed["artifacts"]["merge"])
     assert merge.is_file() and len(merge.read_text().splitlines()) == len(answers)
+
+
+def test_images_on_qwen2_vl_through_its_chat_template(qwen_dir, tmp_path, capsys):
+    data = classic.make_pope(tmp_path / "eval")
+    answers, _ = eval_and_score("pope", data, qwen_dir, tmp_path / "out", capsys)
+    visual = [a["metadata"]["visual_tokens"] for a in answers]
+    assert all(v > 0 for v in visual) and len(set(visual)) > 1  # Qwen keeps each photo's aspect ratio
 
 
 def test_llava_refuses_video_before_loading(llava_dir, tmp_path, capsys):
