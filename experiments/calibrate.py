@@ -303,6 +303,9 @@ def calibrate_model(model: str, data: str, method: str, samples: int = 64, bench
     stage, threshold, variant = probe_target(schedule)
     chosen = calibration_samples(data, benchmark, prompt, samples, seed)
     params = params or jaxvlm.load(model)
+    if stage.layer >= params.config.text.num_layers:
+        raise UserError(f"--prune {method!r}: its stage prunes before layer {stage.layer}, but {model} has "
+                        f"{params.config.text.num_layers} decoder layers")
     proc = jaxvlm.Processor.from_pretrained(processor or model)
     batches = [encode(proc, s) for s in chosen]
     progress = lambda i, n: print(f"\rcalibration forward {i}/{n}", end="" if i < n else "\n", file=sys.stderr)  # noqa: E731
@@ -391,7 +394,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"held out: R^2 {h['r2']:.3f}; rank corr(position, score) {h['rank_corr_position_score']:.3f} -> "
               f"{h['rank_corr_after_detrend']:.3f} after detrending; tail/head {h['tail_head_ratio']:.2f} -> "
               f"{h['tail_head_ratio_after_detrend']:.2f}")
-    print(f"wrote {args.out}, {npy} and {png}; use it with --prune {args.prune if args.model else 'METHOD'}:trend={args.out}")
+    spec = args.prune if args.model else "METHOD"
+    print(f"wrote {args.out}, {npy} and {png}; use it with --prune {spec}{',' if ':' in spec else ':'}trend={args.out}")
     return 0
 
 

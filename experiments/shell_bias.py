@@ -9,6 +9,16 @@ half of the photos (odd / even), counting where the kept tokens lie (last third 
 padding patches.
 
     python -m experiments.shell_bias smollm2 qwen2.5 [--layers 1,2,8] [--keep 64] [--out shell_bias.json]
+
+What a preset's trend means on other token counts (measured here, 6 photos, Dec 2026): the release's trends
+are functions of the raster index over LLaVA-1.5's 576 tokens. On the Qwen2-VL shell (Qwen2.5-0.5B, 176-384
+visual tokens per photo) FastV's score FALLS with position (rank correlation -0.37 / -0.66 / -0.57 at layers
+1 / 2 / 8), so the release's rising LLaVA trend deepens the bias (-0.30 / -0.58 / -0.52 after it as shipped)
+and stretching it to each image's span deepens it further (-0.74 / -0.91 / -0.69); a trend calibrated on
+the family's own scores leaves 0.02 / 0.12 / 0.04 in token units and 0.06 / 0.19 / -0.01 fitted on relative
+position (span stretched to 576). Hence: a trend is a function of the token index within its span, applied
+unstretched; a LLaVA trend is not a Qwen trend - calibrate the family's model (`jaxvlm calibrate --model`)
+or use the calibration-free row trend (experiments.self_trend).
 """
 
 from __future__ import annotations

@@ -83,7 +83,8 @@ def probe_target(schedule) -> tuple[Any, float, str]:
         inner = getattr(st, "inner", None)
         raw = inner if inner is not None and hasattr(st, "recency") else st
         if getattr(raw, "attention_based", True) and getattr(raw, "score_layer", None) is not None:
-            return raw, float(getattr(st, "pad_threshold", 0.5)), getattr(st, "pad_variant", "release")
+            threshold = getattr(st, "pad_threshold", None)
+            return raw, 0.5 if threshold is None else float(threshold), getattr(st, "pad_variant", None) or "release"
     raise UserError("the schedule has no attention-scored stage: there is no score to calibrate a trend on")
 
 

@@ -192,3 +192,12 @@ def test_self_trend_slope_ignores_salient_tokens():
     w = np.ones_like(s, bool)
     w[:, 250:] = False  # padding excluded
     np.testing.assert_allclose(np.asarray(row_slopes(s, x, w)), b, atol=6e-4)
+
+
+def test_calibrate_model_refuses_a_stage_beyond_the_model(tmp_path):
+    import tiny_vlm
+    from jaxvlm.errors import UserError
+
+    data = image_folder(tmp_path / "images", [(112, 84), (84, 112)])
+    with pytest.raises(UserError, match="prunes before layer 3, but tiny has 3 decoder layers"):
+        cal.calibrate_model("tiny", str(data), "fastv:keep=4,layer=3", prompt="who", params=tiny_vlm.qwen())

@@ -96,3 +96,19 @@ def test_smollm2_unpermute_matches_transformers_gguf_loader():
         k = sd[f"model.layers.{i}.self_attn.k_proj.weight"].numpy()
         np.testing.assert_array_equal(np.asarray(lm.weights["layers"]["wq"][i]), q.T.reshape(d, -1, h))
         np.testing.assert_array_equal(np.asarray(lm.weights["layers"]["wk"][i]), k.T.reshape(d, -1, h))
+
+
+def test_llava_shell_around_smollm2_recency_and_calibrated_trend():
+    """LLaVA shell (SmolLM2 LM, random CLIP): FastV's layer-1 score rises steeply with position, the raw
+    FastV-64 selection sits in the image's last rows, a trend calibrated on other photos spreads it."""
+    from experiments import assets, real_lm, shell_bias
+
+    lm_or_skip("smollm2")
+    params, proc = real_lm.shell("smollm2")
+    report, _ = shell_bias.measure(params, proc, "test", layers=(1,), keep=64, photos=assets.PHOTOS[:4])
+    r = report["layers"]["1"]
+    assert r["rank_corr_position_score"] > 0.5 and r["own_trend_ratio_over_span"] > 5
+    assert abs(r["rank_corr_after"]["own_calibrated"]) < abs(r["rank_corr_after"]["release_as_shipped"])
+    last = {k: np.mean([x["last_third"] for x in v]) for k, v in report["selection"].items()}
+    assert last["raw"] > 0.8 and last["own_other_half"] < last["release"] < last["raw"]
+    assert all(x["padding"] == 0 for x in report["selection"]["release"])
