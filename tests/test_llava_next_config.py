@@ -221,7 +221,7 @@ def test_prepare_errors_name_the_input(cfg):
         llava_next.prepare(cfg, **dict(inputs, pixel_values=inputs["pixel_values"][:, :2]))
     bad = inputs["pixel_values"].copy()
     bad[1, 0, 0, 5, 5] = np.nan
-    with pytest.raises(UserError, match="NaN"):
+    with pytest.raises(UserError, match=r"pixel_values\[1, 0, 0, 5, 5\] = nan"):
         llava_next.prepare(cfg, **dict(inputs, pixel_values=bad))
     with pytest.raises(UserError, match="vocabulary"):
         llava_next.prepare(cfg, **dict(inputs, input_ids=inputs["input_ids"] + 1000))

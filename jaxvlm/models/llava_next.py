@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxvlm import input_checks as checks
 from jaxvlm.config import UnsupportedConfigError, check_fields, require
 from jaxvlm.errors import UserError
 from jaxvlm.model import VLM, Embedded
@@ -202,13 +203,6 @@ def image_tokens(layout: GridLayout, first_tile: int, newline_row: int, span_lay
     return {"source": source, "newline": newline, "row": row, "col": col, "span_index": span}
 
 
-def _int_array(name: str, value, ndim: int) -> np.ndarray:
-    a = np.asarray(value)
-    if not (np.issubdtype(a.dtype, np.integer) and a.dtype != bool) or a.ndim != ndim:
-        raise UserError(f"{name} must be a {ndim}-D integer array; got dtype {a.dtype}, shape {a.shape}")
-    return a
-
-
 def _tiles(cfg: LlavaNextConfig, pixel_values, layouts) -> np.ndarray:
     """The images' real tiles concatenated, (sum of tiles, C, S, S) float32, from 5-D or 4-D pixel_values."""
     vc = cfg.vision
@@ -219,6 +213,7 @@ def _tiles(cfg: LlavaNextConfig, pixel_values, layouts) -> np.ndarray:
             raise UserError(f"image_sizes gives {len(layouts)} image(s) but pixel_values is missing")
         return np.zeros((0, *want), np.float32)
     pixels = np.asarray(pixel_values, dtype=np.float32)
+    checks.check_finite(pixels, "pixel_values")  # indices of the array as given (padding tiles included)
     if pixels.ndim == 5 and pixels.shape[2:] == want:
         if pixels.shape[0] != len(layouts) or pixels.shape[1] < max(n, default=0):
             raise UserError(f"pixel_values {pixels.shape} (images, tiles, ...) do not fit image_sizes: "
@@ -227,8 +222,6 @@ def _tiles(cfg: LlavaNextConfig, pixel_values, layouts) -> np.ndarray:
     elif not (pixels.ndim == 4 and pixels.shape[1:] == want and pixels.shape[0] == sum(n)):
         raise UserError(f"pixel_values must be (images, tiles, {', '.join(map(str, want))}) or the tiles "
                         f"concatenated ({sum(n)}, ...) for image_sizes' tiles {n}; got {pixels.shape}")
-    if not np.isfinite(pixels).all():
-        raise UserError(f"pixel_values hold {int((~np.isfinite(pixels)).sum())} NaN / Inf value(s)")
     return pixels
 
 
@@ -241,9 +234,8 @@ def prepare(cfg: LlavaNextConfig, input_ids, attention_mask=None, pixel_values=N
     G*G projected features then image_newline, each image token takes; -1 for text) and the per-token
     metadata of `Embedded` (visual, media, frame, row, col, span_index).
     """
-    ids = _int_array("input_ids", input_ids, 2)
-    if ids.size and (ids.min() < 0 or ids.max() >= cfg.text.vocab_size):
-        raise UserError(f"input_ids hold ids outside the vocabulary [0, {cfg.text.vocab_size})")
+    ids = checks.int_array("input_ids", input_ids, ndim=2)
+    checks.check_token_ids(ids, cfg.text.vocab_size)
     ids = ids.astype(np.int32)
     mask = np.ones(ids.shape, bool) if attention_mask is None else np.asarray(attention_mask).astype(bool)
     if mask.shape != ids.shape:
@@ -253,9 +245,12 @@ def prepare(cfg: LlavaNextConfig, input_ids, attention_mask=None, pixel_values=N
             raise UserError("LLaVA-NeXT needs image_sizes (original (height, width) per image) with pixel_values")
         sizes = np.zeros((0, 2), np.int64)
     else:
-        sizes = _int_array("image_sizes", image_sizes, 2)
-        if sizes.shape[1] != 2 or (sizes.size and sizes.min() < 1):
-            raise UserError(f"image_sizes must be (images, 2) positive (height, width); got {sizes.tolist()}")
+        sizes = checks.int_array("image_sizes", image_sizes)
+        if sizes.ndim != 2 or sizes.shape[1] != 2:
+            raise UserError(f"image_sizes must be (images, 2) (height, width); got shape {sizes.shape}")
+        if sizes.size and sizes.min() < 1:
+            i = int(np.argmax(sizes.min(axis=1) < 1))
+            raise UserError(f"image_sizes[{i}] = {sizes[i].tolist()}: (height, width) of an image must be >= 1")
     layouts = [grid_layout(hw, cfg) for hw in sizes]
     pixels = _tiles(cfg, pixel_values, layouts)
     newline_row = pixels.shape[0] * cfg.vision.grid**2

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxvlm import input_checks as checks
 from jaxvlm.config import UnsupportedConfigError, check_fields, require
 from jaxvlm.errors import UserError
 from jaxvlm.model import VLM, Embedded
@@ -93,8 +94,7 @@ def _pixels(name: str, value, lead: int, cfg: VideoLlavaConfig) -> np.ndarray:
     if a.ndim != lead + 3 or a.shape[lead:] != want:
         dims = "images" if lead == 1 else "videos, frames"
         raise UserError(f"{name} must be ({dims}, {', '.join(map(str, want))}); got {a.shape}")
-    if not np.isfinite(a).all():
-        raise UserError(f"{name} hold {int((~np.isfinite(a)).sum())} NaN / Inf value(s)")
+    checks.check_finite(a, name)
     return a
 
 
@@ -117,11 +117,8 @@ def prepare(cfg: VideoLlavaConfig, input_ids, attention_mask=None, pixel_values=
     features then video features, each media token takes; -1 for text) and the per-token metadata of
     `Embedded` (visual, media, frame, row, col, span_index).
     """
-    ids = np.asarray(input_ids)
-    if not (np.issubdtype(ids.dtype, np.integer) and ids.dtype != bool) or ids.ndim != 2:
-        raise UserError(f"input_ids must be a 2-D integer array; got dtype {ids.dtype}, shape {ids.shape}")
-    if ids.size and (ids.min() < 0 or ids.max() >= cfg.text.vocab_size):
-        raise UserError(f"input_ids hold ids outside the vocabulary [0, {cfg.text.vocab_size})")
+    ids = checks.int_array("input_ids", input_ids, ndim=2)
+    checks.check_token_ids(ids, cfg.text.vocab_size)
     ids = ids.astype(np.int32)
     mask = np.ones(ids.shape, bool) if attention_mask is None else np.asarray(attention_mask).astype(bool)
     if mask.shape != ids.shape:

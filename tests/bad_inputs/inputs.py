@@ -323,12 +323,76 @@ CASES = [
          "runs: RuntimeWarning divide by zero, 0 visual tokens kept", "UserError: image_sizes[0] = [0, 10]: "
          "(width, height) of an image must be >= 1",
          _refused(_zero_image_size, r"image_sizes\[0\] = \[0, 10\]")),
+    # --- LLaVA-NeXT / Video-LLaVA through the shared host checks (jaxvlm/input_checks.py) ----------------
+    Case("nan-tile-llava-next", "forward(LLaVA-NeXT) with one NaN in tile 2 of pixel_values (I, tiles, C, S, S)",
+         "UserError: pixel_values hold 1 NaN / Inf value(s) (no index)",
+         "UserError naming pixel_values[0, 2, 1, 5, 5] = nan",
+         _refused(lambda: _forward(_next_model(), _next_nan_tile()), r"pixel_values\[0, 2, 1, 5, 5\] = nan")),
+    Case("oov-id-llava-next", "generate(LLaVA-NeXT) with input_ids[0, 3] = 70000 (vocabulary 256)",
+         "UserError: input_ids hold ids outside the vocabulary [0, 256) (no index)",
+         "UserError naming input_ids[0, 3] = 70000 and the vocabulary size",
+         _refused(lambda: _generate(_next_model(), _id(_next_inputs(), 0, 3, 70000)),
+                  r"input_ids\[0, 3\] = 70000 is outside the vocabulary \(size 256\)")),
+    Case("inf-frame-video-llava", "forward(Video-LLaVA) with one inf in frame 7 of pixel_values_videos",
+         "UserError: pixel_values_videos hold 1 NaN / Inf value(s) (no index)",
+         "UserError naming pixel_values_videos[0, 7, 0, 3, 4] = inf",
+         _refused(lambda: _forward(_video_model(), _video_inf_frame()),
+                  r"pixel_values_videos\[0, 7, 0, 3, 4\] = inf")),
+    Case("negative-id-video-llava", "generate(Video-LLaVA) with input_ids[0, 1] = -1",
+         "UserError: input_ids hold ids outside the vocabulary [0, 256) (no index)",
+         "UserError naming input_ids[0, 1] = -1",
+         _refused(lambda: _generate(_video_model(), _id(_video_inputs(), 0, 1, -1)), r"input_ids\[0, 1\] = -1 ")),
     Case("unknown-input-name", "generate(LLaVA, ..., token_type_ids=...) (a raw transformers processor output)",
          "TypeError: prepare() got an unexpected keyword argument 'token_type_ids' (traceback)",
          "UserError: unexpected input(s) ['token_type_ids'] for a llava model (accepted: [...])",
          _refused(lambda: _generate(T.llava(), _with(T.llava_inputs(), token_type_ids=np.zeros((1, 100), int))),
                   r"unexpected input\(s\) \['token_type_ids'\] for a llava model")),
 ]
+
+
+@functools.cache
+def _next_model():
+    """A tiny random LLaVA-NeXT (112 px tiles; tests/llava_next_reference.py's config)."""
+    import llava_next_reference as NR
+    from jaxvlm.model import random_params
+    from jaxvlm.models import llava_next
+
+    return random_params(llava_next.parse_config(NR.hf_config_dict()))
+
+
+def _next_inputs():
+    import llava_next_reference as NR
+
+    return NR.make_inputs(_next_model(), sizes=((60, 240),), text=(12,))
+
+
+def _next_nan_tile():
+    x = _next_inputs()
+    x["pixel_values"][0, 2, 1, 5, 5] = np.nan  # tile 2 of image 0
+    return x
+
+
+@functools.cache
+def _video_model():
+    """A tiny random Video-LLaVA (224 px, 8 frames; tests/video_llava_reference.py's config)."""
+    import video_llava_reference as VR
+    from jaxvlm.model import random_params
+    from jaxvlm.models import video_llava
+
+    return random_params(video_llava.parse_config(VR.hf_config_dict(text_layers=1, vision_layers=1)))
+
+
+def _video_inputs():
+    import video_llava_reference as VR
+
+    x = VR.make_inputs(_video_model(), rows=("video",), text=(10,))
+    return {k: v for k, v in x.items() if v is not None}
+
+
+def _video_inf_frame():
+    x = _video_inputs()
+    x["pixel_values_videos"][0, 7, 0, 3, 4] = np.inf  # the last frame
+    return x
 
 
 def _all_padding_row():
