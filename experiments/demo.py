@@ -5,7 +5,8 @@ noise, the machinery is real) on real photographs from scikit-image, batched thr
 per schedule: unpruned, FastV (layer 2, keep 128 of 576) and debiased FastV (the release's recipe: cubic
 recency trend + padding suppression at threshold 0.5). Prints timings (compile apart) and kept-token counts,
 and writes one PNG per photo showing which of the 24 x 24 patches each method kept, over the padded square
-the model sees.
+the model sees. --next and --video add LLaVA-NeXT's tile view and Video-LLaVA's frame view
+(experiments/demo_views.py).
 """
 
 from __future__ import annotations
@@ -85,6 +86,13 @@ def kept_span(kept_row: np.ndarray, image_start: int) -> np.ndarray:
     return kept_row - image_start
 
 
+def shade(view: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """view (H, W, 3) uint8 with the cells of `keep` (h, w) bool bright and the rest dimmed to a quarter."""
+    cy, cx = view.shape[0] // keep.shape[0], view.shape[1] // keep.shape[1]
+    mask = np.repeat(np.repeat(keep, cy, 0), cx, 1)
+    return np.where(mask[..., None], view, (view * 0.25).astype(np.uint8))
+
+
 def plot_photo(path: Path, name: str, view: np.ndarray, kept: dict, pad: np.ndarray) -> None:
     """One panel per pruning schedule: kept patches bright, dropped dimmed, padding patches outlined."""
     import matplotlib
@@ -92,13 +100,11 @@ def plot_photo(path: Path, name: str, view: np.ndarray, kept: dict, pad: np.ndar
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cell = view.shape[0] // GRID
     fig, axes = plt.subplots(1, len(kept), figsize=(4.2 * len(kept), 4.6))
     for ax, (label, idx) in zip(np.atleast_1d(axes), kept.items()):
         keep = np.zeros(GRID * GRID, bool)
         keep[idx] = True
-        shade = np.repeat(np.repeat(keep.reshape(GRID, GRID), cell, 0), cell, 1)
-        ax.imshow(np.where(shade[..., None], view, (view * 0.25).astype(np.uint8)))
+        ax.imshow(shade(view, keep.reshape(GRID, GRID)))
         on_pad = int((keep & (pad == 0)).sum())
         ax.set_title(f"{label}: {keep.sum()} kept, {on_pad} on padding", fontsize=10)
         ax.set_xticks([])
@@ -115,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fast", action="store_true", help="small model, 2 photos, few tokens (for tests)")
     parser.add_argument("--max-new-tokens", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--next", action="store_true",
+                        help="also LLaVA-NeXT: kept tokens over the base tile and the tile grid (next_<photo>.png)")
+    parser.add_argument("--video", action="store_true",
+                        help="also Video-LLaVA: kept tokens per frame of an 8-frame pan over a photo (video.png)")
     args = parser.parse_args(argv)
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         from jaxvlm.errors import UserError
@@ -165,6 +175,14 @@ def main(argv: list[str] | None = None) -> int:
         plot_photo(path, name, view, {k: v for k, v in kept_by[name].items() if k != "unpruned"}, pad[b])
         h, w = images[b].shape[:2]
         print(f"wrote {path}  ({w}x{h}, {int(pad[b].sum())} of {GRID * GRID} patches are image, rest padding)")
+    if args.next or args.video:
+        from experiments import demo_views
+
+        with tempfile.TemporaryDirectory() as tmp:
+            if args.next:
+                demo_views.run_next(out_dir, Path(tmp), names, args.seed, args.fast)
+            if args.video:
+                demo_views.run_video(out_dir, Path(tmp), names[0], args.seed, args.fast)
     return 0
 
 
