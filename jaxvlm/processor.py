@@ -56,11 +56,12 @@ LLAVA_SYSTEM = (
 )
 
 
-def llava_prompt(question: str, image_token: str | None = "<image>") -> str:
+def llava_prompt(question: str, image_token: str | None = "<image>", system: str = LLAVA_SYSTEM) -> str:
     """LLaVA-1.5 prompt: system, then `USER: <image>\n{question} ASSISTANT:` (image_token=None: a text-only
-    question, `USER: {question} ASSISTANT:`, as LLaVA's ScienceQA loader builds it)."""
+    question, `USER: {question} ASSISTANT:`, as LLaVA's ScienceQA loader builds it). `system`: another
+    conversation's system message with the same turns (conv_llava_v1's)."""
     image = f"{image_token}\n" if image_token is not None else ""
-    return f"{LLAVA_SYSTEM} USER: {image}{question} ASSISTANT:"
+    return f"{system} USER: {image}{question} ASSISTANT:"
 
 
 def _read(path: str, name: str) -> dict:

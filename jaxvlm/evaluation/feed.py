@@ -42,13 +42,16 @@ class Encoded:
 
 
 def open_image(sample: Sample):
-    """The sample's image as an RGB PIL image; DataError naming the sample's file:line otherwise."""
+    """The sample's image as (H, W, 3) uint8 RGB (every PIL mode converted by jaxvlm.images.to_rgb: 16-bit,
+    palette, CMYK, alpha); DataError naming the sample's file:line otherwise."""
     from PIL import Image
+
+    from jaxvlm.images import to_rgb
 
     src = io.BytesIO(sample.image) if isinstance(sample.image, (bytes, bytearray)) else sample.image
     try:
         with Image.open(src) as im:
-            return im.convert("RGB")
+            return to_rgb(im)
     except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, ... for broken files
         where = sample.image if isinstance(sample.image, str) else "embedded image"
         raise DataError(f"{sample.source}: cannot decode {where} ({type(e).__name__}: {e})") from None
@@ -66,17 +69,22 @@ class Encoder:
         kind = prompts.media_kind(sample)
         if kind != "image":
             return 0
-        if self.processor.family == "llava":
+        family, hf = self.processor.family, self.processor.hf
+        if family == "llava":
             return LLAVA_IMAGE_TOKENS
+        ip = hf.image_processor
+        if family == "video_llava":  # one fixed crop per image
+            return (ip.crop_size["height"] // hf.patch_size) * (ip.crop_size["width"] // hf.patch_size)
         from PIL import Image
 
-        ip = self.processor.hf.image_processor
         src = io.BytesIO(sample.image) if isinstance(sample.image, (bytes, bytearray)) else sample.image
         try:
             with Image.open(src) as im:
                 w, h = im.size
         except Exception:
             return 0  # a broken image is reported when it is decoded
+        if family == "llava_next":  # the any-resolution count, from the pinpoint the image gets
+            return int(hf._get_num_multimodal_tokens(image_sizes=[[h, w]]).num_image_tokens[0])
         return ip.get_number_of_image_patches(h, w) // (ip.merge_size ** 2)
 
     def estimate_lengths(self, samples: Sequence[Sample]) -> list[int]:
@@ -117,6 +125,8 @@ class Encoder:
             raise
         except Exception as e:  # decoder errors on a broken file
             raise DataError(f"{sample.source}: cannot decode video {sample.video} ({type(e).__name__}: {e})") from None
+        if self.processor.family == "video_llava":  # its 8 frames, each through the image processor
+            return self.processor(text=[text], videos=[frames])
         pixels, grid = video_inputs.video_patches(frames, self.video_config)
         token = getattr(self.processor.hf, "video_token", "<|video_pad|>")
         text = video_inputs.expand_video_tokens(text, token, grid, self.video_config.merge_size)
@@ -151,10 +161,18 @@ def collate(encoded: Sequence[Encoded], batch_size: int, pad_id: int) -> dict:
         if key in SEQ_KEYS:
             fill = pad_id if key == "input_ids" else 0
             arrs = [np.pad(a, ((0, 0), (0, t - a.shape[1])), constant_values=fill) for a in arrs]
-        out[key] = np.concatenate(arrs, axis=0)
+        out[key] = _concat_padded(arrs)
     for key in {k for e in rows for k in e.arrays} - set(out):  # media some rows have and the first lacks
-        out[key] = np.concatenate([e.arrays[key] for e in rows if key in e.arrays], axis=0)
+        out[key] = _concat_padded([e.arrays[key] for e in rows if key in e.arrays])
     return out
+
+
+def _concat_padded(arrs: Sequence[np.ndarray]) -> np.ndarray:
+    """Concatenated on axis 0, the other axes zero-padded to the largest (LLaVA-NeXT's pixel_values (1, tiles,
+    C, S, S) differ in tiles per image; the padding tiles are never read)."""
+    shape = np.max([a.shape[1:] for a in arrs], axis=0)
+    return np.concatenate([np.pad(a, [(0, 0)] + [(0, int(m - n)) for m, n in zip(shape, a.shape[1:])])
+                           for a in arrs], axis=0)
 
 
 class Prefetcher:

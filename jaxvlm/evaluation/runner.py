@@ -230,7 +230,7 @@ def _generate(job, bench, processor, proc_dir, samples, tasks, first, stop, max_
     from jaxvlm.engine import api
 
     video_cfg = None
-    if processor.family != "llava" and any(s.video is not None for s in samples[first:stop]):
+    if processor.family.startswith("qwen") and any(s.video is not None for s in samples[first:stop]):
         video_cfg = video_inputs.VideoConfig.from_dir(proc_dir, processor.hf.image_processor)
     encoder = feed.Encoder(processor, bench, video_cfg, skip_bad=job.skip_bad)
     lines = list(range(first, stop))
