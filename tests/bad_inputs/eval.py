@@ -121,6 +121,19 @@ def _video_without_decoder(tmp):
     assert re.search(r"needs the Python package 'av'.*jaxvlm\[video\]", proc.stdout), proc.stdout
 
 
+def _sixteen_bit_image(tmp):
+    import numpy as np
+    from PIL import Image
+
+    from jaxvlm.evaluation import feed
+
+    ramp = (np.arange(64 * 48, dtype=np.uint32).reshape(48, 64) * 21).astype(np.uint16)  # 0..64491
+    Image.fromarray(ramp).save(tmp / "deep.png")  # mode I;16
+    rgb = feed.open_image(evaluation.Sample(line=0, question_id=0, prompt="q", image=str(tmp / "deep.png")))
+    assert rgb.dtype == np.uint8 and rgb.shape == (48, 64, 3)
+    np.testing.assert_allclose(rgb[..., 0].astype(float), ramp / 257.0, atol=1.0)  # a ramp, not a white image
+
+
 CASES = [
     Case("eval-gqa-ok", "GQA in LLaVA's layout, read and scored", OWN_FORMAT_ONLY,
          "read and scored as eval.py", _gqa_ok, ok=True),
@@ -144,6 +157,8 @@ CASES = [
          "DataError naming the shard", _truncated_parquet),
     Case("eval-video-qa-mismatch", "test_a.json one entry shorter than test_q.json", OWN_FORMAT_ONLY,
          "DataError naming test_a.json", _video_questions_answers_mismatch),
+    Case("eval-16-bit-image", "a benchmark image saved as a 16-bit PNG", "decoded as a white image",
+         "scaled to 8 bits (value / 257)", _sixteen_bit_image),
     Case("eval-video-without-decoder", "decoding a video without PyAV installed", "n/a (no video)",
          "one line naming jaxvlm[video]", _video_without_decoder),
 ]
