@@ -66,6 +66,8 @@ def make_plan(cfg: TextConfig, schedule, bucket: int, visual_counts, max_new: in
     for i, st in enumerate(stages):
         name = f"pruning stage {i} ({type(st).__name__})"
         st = resolve_stage(st, n_in, v_min, name)
+        if hasattr(st, "fit"):  # the stage's budget rule for a keep above `capacity` (jaxvlm.prune.base)
+            st = st.fit(int(capacity))
         resolved.append(st)
         for attr in ("layer", "score_layer", "keep", "query_rows", "score", "select"):
             if not hasattr(st, attr):
