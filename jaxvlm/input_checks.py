@@ -40,6 +40,18 @@ def check_token_ids(ids: np.ndarray, vocab_size: int, name: str = "input_ids") -
                     "was the prompt tokenized with this model's tokenizer?")
 
 
+def token_inputs(input_ids, attention_mask, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids (B, T) int32, mask (B, T) bool) checked: integer ids inside the vocabulary, a mask of the same
+    shape (all ones when None)."""
+    ids = int_array("input_ids", input_ids, ndim=2)
+    check_token_ids(ids, vocab_size)
+    ids = ids.astype(np.int32)
+    mask = np.ones(ids.shape, bool) if attention_mask is None else np.asarray(attention_mask).astype(bool)
+    if mask.shape != ids.shape:
+        raise UserError(f"attention_mask shape {mask.shape} != input_ids shape {ids.shape}")
+    return ids, mask
+
+
 def check_finite(values: np.ndarray, name: str) -> None:
     """No NaN / inf (pixel values, patches)."""
     finite = np.isfinite(values)

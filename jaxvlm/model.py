@@ -15,6 +15,7 @@ import importlib
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import struct
 
 
@@ -46,6 +47,13 @@ class Embedded:
     # Optional, only when a stage asks for them (VisionZip; LLaVA's embed(..., vision_cls=True)):
     vision_cls: jax.Array | None = None  # float32: vision tower [CLS] attention to the token, head sum; 0 text
     vision_keys: jax.Array | None = None  # (B, T, Dk) float32: its vision-tower keys (head mean); 0 text
+
+    TOKEN_FIELDS = ("positions", "valid", "visual", "media", "frame", "row", "col", "span_index")
+
+    @classmethod
+    def from_batch(cls, embeds: jax.Array, batch, **extra) -> "Embedded":
+        """`embeds` (B, T, D) with the per-token arrays a family's `prepare` put in `batch` (TOKEN_FIELDS)."""
+        return cls(embeds=embeds, **{k: jnp.asarray(batch[k]) for k in cls.TOKEN_FIELDS}, **extra)
 
 
 FAMILY_MODULES = {

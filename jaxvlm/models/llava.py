@@ -125,12 +125,7 @@ def prepare(cfg: LlavaConfig, input_ids, attention_mask=None, pixel_values=None,
     per-token metadata of `Embedded` (visual, media, frame, row, col, span_index); image_sizes (I,2) int32
     when given.
     """
-    ids = checks.int_array("input_ids", input_ids, ndim=2)
-    checks.check_token_ids(ids, cfg.text.vocab_size)
-    ids = ids.astype(np.int32)
-    mask = np.ones(ids.shape, dtype=bool) if attention_mask is None else np.asarray(attention_mask).astype(bool)
-    if mask.shape != ids.shape:
-        raise UserError(f"attention_mask shape {mask.shape} != input_ids shape {ids.shape}")
+    ids, mask = checks.token_inputs(input_ids, attention_mask, cfg.text.vocab_size)
     vc = cfg.vision
     if pixel_values is None:
         pixels = np.zeros((0, vc.num_channels, vc.image_size, vc.image_size), np.float32)
@@ -261,15 +256,4 @@ def embed(params: VLM, batch: dict, vision_cls: bool = False) -> Embedded:
         else:
             extra["vision_cls"] = jnp.zeros(idx.shape, jnp.float32)
             extra["vision_keys"] = jnp.zeros(idx.shape + (params.config.vision.head_dim,), jnp.float32)
-    return Embedded(
-        embeds=x,
-        positions=jnp.asarray(batch["positions"]),
-        valid=jnp.asarray(batch["valid"]),
-        visual=jnp.asarray(batch["visual"]),
-        media=jnp.asarray(batch["media"]),
-        frame=jnp.asarray(batch["frame"]),
-        row=jnp.asarray(batch["row"]),
-        col=jnp.asarray(batch["col"]),
-        span_index=jnp.asarray(batch["span_index"]),
-        **extra,
-    )
+    return Embedded.from_batch(x, batch, **extra)

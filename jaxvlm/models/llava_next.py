@@ -234,12 +234,7 @@ def prepare(cfg: LlavaNextConfig, input_ids, attention_mask=None, pixel_values=N
     G*G projected features then image_newline, each image token takes; -1 for text) and the per-token
     metadata of `Embedded` (visual, media, frame, row, col, span_index).
     """
-    ids = checks.int_array("input_ids", input_ids, ndim=2)
-    checks.check_token_ids(ids, cfg.text.vocab_size)
-    ids = ids.astype(np.int32)
-    mask = np.ones(ids.shape, bool) if attention_mask is None else np.asarray(attention_mask).astype(bool)
-    if mask.shape != ids.shape:
-        raise UserError(f"attention_mask shape {mask.shape} != input_ids shape {ids.shape}")
+    ids, mask = checks.token_inputs(input_ids, attention_mask, cfg.text.vocab_size)
     if image_sizes is None:
         if pixel_values is not None:
             raise UserError("LLaVA-NeXT needs image_sizes (original (height, width) per image) with pixel_values")
@@ -364,18 +359,7 @@ def scatter_embedded(params: VLM, batch: dict, tables: dict | None, vision_cls: 
     elif vision_cls:
         extra = {"vision_cls": jnp.zeros(idx.shape, jnp.float32),
                  "vision_keys": jnp.zeros(idx.shape + (params.config.vision.head_dim,), jnp.float32)}
-    return Embedded(
-        embeds=x,
-        positions=jnp.asarray(batch["positions"]),
-        valid=jnp.asarray(batch["valid"]),
-        visual=jnp.asarray(batch["visual"]),
-        media=jnp.asarray(batch["media"]),
-        frame=jnp.asarray(batch["frame"]),
-        row=jnp.asarray(batch["row"]),
-        col=jnp.asarray(batch["col"]),
-        span_index=jnp.asarray(batch["span_index"]),
-        **extra,
-    )
+    return Embedded.from_batch(x, batch, **extra)
 
 
 def embed(params: VLM, batch: dict, vision_cls: bool = False) -> Embedded:

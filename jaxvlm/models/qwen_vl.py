@@ -367,8 +367,4 @@ def embed(params: VLM, batch: Mapping[str, Any]) -> Embedded:
         feats = visual_features(params, batch).astype(embeds.dtype)
         fi = batch["feature_index"]
         embeds = jnp.where((fi >= 0)[..., None], jnp.take(feats, jnp.maximum(fi, 0), axis=0), embeds)
-    return Embedded(
-        embeds=embeds, positions=jnp.asarray(batch["positions"]), valid=jnp.asarray(batch["valid"]),
-        visual=jnp.asarray(batch["visual"]), media=jnp.asarray(batch["media"]), frame=jnp.asarray(batch["frame"]),
-        row=jnp.asarray(batch["row"]), col=jnp.asarray(batch["col"]), span_index=jnp.asarray(batch["span_index"]),
-    )
+    return Embedded.from_batch(embeds, batch)

@@ -117,12 +117,7 @@ def prepare(cfg: VideoLlavaConfig, input_ids, attention_mask=None, pixel_values=
     features then video features, each media token takes; -1 for text) and the per-token metadata of
     `Embedded` (visual, media, frame, row, col, span_index).
     """
-    ids = checks.int_array("input_ids", input_ids, ndim=2)
-    checks.check_token_ids(ids, cfg.text.vocab_size)
-    ids = ids.astype(np.int32)
-    mask = np.ones(ids.shape, bool) if attention_mask is None else np.asarray(attention_mask).astype(bool)
-    if mask.shape != ids.shape:
-        raise UserError(f"attention_mask shape {mask.shape} != input_ids shape {ids.shape}")
+    ids, mask = checks.token_inputs(input_ids, attention_mask, cfg.text.vocab_size)
     images = _pixels("pixel_values", pixel_values, 1, cfg)
     videos = _pixels("pixel_values_videos", pixel_values_videos, 2, cfg)
     g2, per_image, per_frame = cfg.vision.grid**2, cfg.tokens_per_image, cfg.tokens_per_frame
