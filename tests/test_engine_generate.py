@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from engine_stages import FastV, RecomputeTopK
+from hf_compare import hf_greedy, torch_inputs
 from llava_reference import IMAGE_TOKEN, PAD_TOKEN, build, make_inputs
 
 import jaxvlm
@@ -69,17 +70,9 @@ def masked_hf_logits(model, monkeypatch, ids, mask, pixels, drop, from_layer):
 
 
 def test_greedy_matches_transformers_generate(models, inputs):
-    import torch
-
     model, params, _ = models
     n = 24
-    with torch.no_grad():
-        ref = model.generate(input_ids=torch.as_tensor(inputs["input_ids"]),
-                             attention_mask=torch.as_tensor(inputs["attention_mask"]),
-                             pixel_values=torch.as_tensor(inputs["pixel_values"]), max_new_tokens=n,
-                             do_sample=False, eos_token_id=EOS, pad_token_id=PAD_TOKEN)
-    ref = ref[:, inputs["input_ids"].shape[1]:].numpy()
-    ref = np.pad(ref, ((0, 0), (0, n - ref.shape[1])), constant_values=PAD_TOKEN)
+    ref = hf_greedy(model, torch_inputs(inputs, "pixel_values"), n, EOS, PAD_TOKEN)
     out = jaxvlm.generate(params, **inputs, max_new_tokens=n, eos_token_id=EOS, pad_token_id=PAD_TOKEN)
     np.testing.assert_array_equal(np.asarray(out.tokens), ref)
     assert out.tokens.shape == (3, n) and out.tokens.dtype == np.int32 and out.kept == ()

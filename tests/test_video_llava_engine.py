@@ -9,6 +9,7 @@ import pytest
 
 import jaxvlm
 from engine_stages import FastV
+from hf_compare import hf_greedy, torch_inputs
 from llava_next_reference import masked_hf_logits
 from llava_reference import IMAGE_TOKEN, PAD_TOKEN
 from video_llava_reference import VIDEO_TOKEN, build, make_inputs
@@ -28,25 +29,13 @@ def inputs(models):
 
 
 def hf_kwargs(inputs: dict) -> dict:
-    import torch
-
-    mask = torch.as_tensor(inputs["attention_mask"])
-    return {"input_ids": torch.as_tensor(inputs["input_ids"]), "attention_mask": mask,
-            "position_ids": (mask.cumsum(-1) - 1).clamp(min=0),
-            "pixel_values": torch.as_tensor(inputs["pixel_values"]),
-            "pixel_values_videos": torch.as_tensor(inputs["pixel_values_videos"])}
+    return torch_inputs(inputs, "pixel_values", "pixel_values_videos")
 
 
 def test_greedy_matches_transformers_generate(models, inputs):
-    import torch
-
     model, params, _ = models
     n = 8
-    with torch.no_grad():
-        ref = model.generate(**{k: v for k, v in hf_kwargs(inputs).items() if k != "position_ids"},
-                             max_new_tokens=n, do_sample=False, eos_token_id=EOS, pad_token_id=PAD_TOKEN)
-    ref = ref[:, inputs["input_ids"].shape[1]:].numpy()
-    ref = np.pad(ref, ((0, 0), (0, n - ref.shape[1])), constant_values=PAD_TOKEN)
+    ref = hf_greedy(model, hf_kwargs(inputs), n, EOS, PAD_TOKEN)
     out = jaxvlm.generate(params, **inputs, max_new_tokens=n, eos_token_id=EOS, pad_token_id=PAD_TOKEN)
     np.testing.assert_array_equal(np.asarray(out.tokens), ref)
 
