@@ -66,26 +66,39 @@ def redraw_norms_and_biases(model, seed: int):
     return model
 
 
-def torch_model(config: dict, seed: int = 0):
+def hf_reference(config: dict, config_class: str, model_class: str, seed: int = 0):
+    """transformers' `model_class` built offline from `config` (float32, eval, norms and biases re-drawn)."""
     import torch
-    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration
+    import transformers
 
-    cfg = LlavaNextConfig(**{k: v for k, v in config.items() if k not in ("model_type", "architectures")})
+    cfg = getattr(transformers, config_class)(**{k: v for k, v in config.items()
+                                                   if k not in ("model_type", "architectures")})
     torch.manual_seed(seed)
-    return redraw_norms_and_biases(LlavaNextForConditionalGeneration(cfg).float().eval(), seed)
+    return redraw_norms_and_biases(getattr(transformers, model_class)(cfg).float().eval(), seed)
 
 
-def to_jax(model, config: dict):
+def jax_copy(model, config: dict, family: str):
+    """The torch model's weights as a jaxvlm VLM of `family`, through that family's conversion table."""
+    import importlib
+
     import jax.numpy as jnp
 
     from converters.core import DictReader, convert
-    from converters.llava_next import table
-    from jaxvlm.model import VLM
-    from jaxvlm.models import llava_next
+    from jaxvlm.model import VLM, family_module
 
-    cfg = llava_next.parse_config(config)
-    weights = convert(table(cfg), llava_next.weight_shapes(cfg), DictReader(model.state_dict()), place=jnp.asarray)
+    fam = family_module(family)
+    cfg = fam.parse_config(config)
+    table = importlib.import_module(f"converters.{family}").table
+    weights = convert(table(cfg), fam.weight_shapes(cfg), DictReader(model.state_dict()), place=jnp.asarray)
     return VLM(weights=weights, config=cfg)
+
+
+def torch_model(config: dict, seed: int = 0):
+    return hf_reference(config, "LlavaNextConfig", "LlavaNextForConditionalGeneration", seed)
+
+
+def to_jax(model, config: dict):
+    return jax_copy(model, config, "llava_next")
 
 
 def build(seed: int = 0, **kw):

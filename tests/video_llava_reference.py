@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from llava_next_reference import redraw_norms_and_biases
+from llava_next_reference import hf_reference, jax_copy
 from llava_reference import IMAGE_TOKEN, PAD_TOKEN, VOCAB
 
 VIDEO_TOKEN = 252
@@ -33,25 +33,11 @@ def hf_config_dict(*, text_layers: int = 2, vision_layers: int = 2, feature_laye
 
 
 def torch_model(config: dict, seed: int = 0):
-    import torch
-    from transformers import VideoLlavaConfig, VideoLlavaForConditionalGeneration
-
-    cfg = VideoLlavaConfig(**{k: v for k, v in config.items() if k not in ("model_type", "architectures")})
-    torch.manual_seed(seed)
-    return redraw_norms_and_biases(VideoLlavaForConditionalGeneration(cfg).float().eval(), seed)
+    return hf_reference(config, "VideoLlavaConfig", "VideoLlavaForConditionalGeneration", seed)
 
 
 def to_jax(model, config: dict):
-    import jax.numpy as jnp
-
-    from converters.core import DictReader, convert
-    from converters.video_llava import table
-    from jaxvlm.model import VLM
-    from jaxvlm.models import video_llava
-
-    cfg = video_llava.parse_config(config)
-    weights = convert(table(cfg), video_llava.weight_shapes(cfg), DictReader(model.state_dict()), place=jnp.asarray)
-    return VLM(weights=weights, config=cfg)
+    return jax_copy(model, config, "video_llava")
 
 
 def build(seed: int = 0, **kw):
