@@ -312,7 +312,9 @@ def iter_convert(table: Table, shapes: Mapping, reader, dtype: str = "float32", 
     first tensor is read; each tensor is checked for NaN / Inf as it is read unless `allow_nonfinite`, and
     `on_read(key)` is called after each.
     """
-    return _fill(plan(table, shapes, reader), reader, _np_dtype(dtype), allow_nonfinite, on_read)
+    np_dtype, p = _np_dtype(dtype), plan(table, shapes, reader)
+    for path, pieces in _leaves(p, reader, np_dtype, allow_nonfinite, on_read):
+        yield path, fill(p.shapes[path], np_dtype, pieces)
 
 
 def _np_dtype(dtype: str) -> np.dtype:
@@ -321,7 +323,11 @@ def _np_dtype(dtype: str) -> np.dtype:
     return DTYPES[dtype]
 
 
-def _fill(p: Plan, reader, np_dtype, allow_nonfinite: bool, on_read) -> Iterator[tuple[str, np.ndarray]]:
+def _leaves(p: Plan, reader, np_dtype, allow_nonfinite: bool, on_read) -> Iterator[tuple[str, Iterator]]:
+    """(path, pieces) per weight leaf in plan order; `pieces` yields (layer, array) per HF tensor as it is read:
+    `layer` the index into a stacked leaf's L axis (None for an unstacked leaf), `array` that tensor in the jax
+    layout (the leaf's per-layer shape) as `np_dtype`. Each piece is read only when the caller asks for it, so
+    the host holds one HF tensor at a time; the NaN / Inf check runs per tensor."""
     def read(key: str) -> np.ndarray:
         a = reader.get(key)
         if not allow_nonfinite:
@@ -329,28 +335,41 @@ def _fill(p: Plan, reader, np_dtype, allow_nonfinite: bool, on_read) -> Iterator
         on_read(key)
         return a
 
+    def pieces(rule: Rule, keys: list, target: tuple):
+        per_layer = target[1:] if rule.stacked else target
+        for i, k in enumerate(keys):
+            yield (i if rule.stacked else None), to_jax(rule, read(k), per_layer).astype(np_dtype)
+
     for path, target in p.shapes.items():
-        rule, keys = p.rules[path], p.sources[path]
-        buf = np.empty(target, dtype=np_dtype)
-        if rule.stacked:
-            for i, k in enumerate(keys):
-                buf[i] = to_jax(rule, read(k), target[1:]).astype(np_dtype)
-        else:
-            buf[...] = to_jax(rule, read(keys[0]), target).astype(np_dtype)
-        yield path, buf
+        yield path, pieces(p.rules[path], p.sources[path], target)
+
+
+def fill(shape: tuple, np_dtype, pieces: Iterable) -> np.ndarray:
+    """A host leaf of `shape` assembled from its (layer, array) pieces (`_leaves`)."""
+    buf = np.empty(shape, dtype=np_dtype)
+    for i, a in pieces:
+        buf[... if i is None else i] = a
+    return buf
 
 
 def convert(table: Table, shapes: Mapping, reader, dtype: str = "float32",
             place: Callable[[np.ndarray], object] = lambda a: a, progress: bool = False,
-            allow_nonfinite: bool = False, desc: str = "converting") -> dict:
+            allow_nonfinite: bool = False, desc: str = "converting",
+            assemble: Callable[[str, tuple, Iterator], object] | None = None) -> dict:
     """The nested weights dict; `place` maps each finished numpy leaf (e.g. to a jax.Array). `progress`
-    shows a bar labelled `desc` on stderr, one step per HF tensor read, once the checkpoint matched."""
+    shows a bar labelled `desc` on stderr, one step per HF tensor read, once the checkpoint matched.
+
+    `assemble(path, shape, pieces)`, if given, builds each leaf itself from its (layer, array) pieces, read one
+    HF tensor at a time (`_leaves`; e.g. straight into device shards, jaxvlm.io) instead of `fill` + `place`.
+    """
     from tqdm import tqdm
 
     np_dtype, p = _np_dtype(dtype), plan(table, shapes, reader)
+    if assemble is None:
+        assemble = lambda path, shape, pieces: place(fill(shape, np_dtype, pieces))  # noqa: E731
     with tqdm(total=sum(map(len, p.sources.values())), desc=desc, unit="tensor", disable=not progress) as bar:
-        items = _fill(p, reader, np_dtype, allow_nonfinite, on_read=lambda key: bar.update())
-        return unflatten({path: place(a) for path, a in items})
+        leaves = _leaves(p, reader, np_dtype, allow_nonfinite, on_read=lambda key: bar.update())
+        return unflatten({path: assemble(path, p.shapes[path], pieces) for path, pieces in leaves})
 
 
 def export(table: Table, weights: Mapping, layout: str) -> Iterable[tuple[str, np.ndarray]]:

@@ -6,6 +6,14 @@ files saved with it (`save(..., files=...)`; the converter copies them from the 
 static config is re-parsed from the stored HF config, so the same checks apply to both kinds of directory.
 Weights are restored against ShapeDtypeStruct targets from the family's `weight_shapes`, so nothing is guessed.
 NaN / Inf weights are refused by default (naming the tensor; `allow_nonfinite=True` loads them anyway).
+`dtype=None` is `default_dtype()`: bfloat16 on accelerators, float32 on CPU.
+
+Sharded loading (`mesh=`, jaxvlm.engine.sharding): each weight goes straight into its shards (the logical-axis
+table, plus FSDP with `fsdp=True`). From a HF directory a stacked leaf is allocated sharded on the devices,
+then each layer's HF tensor is read, converted, placed with the layer's sharding (`device_put`: each device
+gets its part only) and written into the stack in place (a jitted `.at[i].set` donating the stack): no device
+holds more than its shards of a sharded weight, and the host holds one HF tensor at a time. Orbax restores
+against targets carrying the shardings, so each device reads its own shards.
 
 Writes never destroy data: a destination is refused before anything is read if it exists (unless
 `overwrite`, and then only a jaxvlm directory or an empty one is replaced), and everything is written to a
@@ -18,6 +26,7 @@ into the same parent directory; those of live runs, or of other hosts, are never
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -33,6 +42,7 @@ import numpy as np
 
 from converters.core import ConversionError, check_finite, flatten, read_json
 from jaxvlm.config import UnsupportedConfigError
+from jaxvlm.engine import sharding
 from jaxvlm.errors import UserError, one_line
 from jaxvlm.model import VLM, family_module
 
@@ -64,6 +74,11 @@ def parse_hf_config(hf_config: dict):
     return family_module(MODEL_TYPES[model_type]).parse_config(hf_config)
 
 
+def default_dtype() -> str:
+    """The dtype `load` reads weights as when none is given: "bfloat16" on accelerators, "float32" on CPU."""
+    return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+
+
 def _check_dtype(dtype: str) -> None:
     if dtype not in DTYPES:
         raise UserError(f"dtype {dtype!r} is not supported (have {DTYPES})")
@@ -74,9 +89,9 @@ def is_jaxvlm_dir(path: str) -> bool:
 
 
 def load_hf(path: str, dtype: str = "float32", progress: bool = True, allow_nonfinite: bool = False,
-            desc: str | None = None) -> tuple[VLM, dict]:
+            desc: str | None = None, mesh=None, fsdp: bool = False) -> tuple[VLM, dict]:
     """(VLM, hf_config dict) from a Hugging Face checkpoint directory, read tensor by tensor (a progress bar
-    labelled `desc`, default "loading PATH", when `progress`)."""
+    labelled `desc`, default "loading PATH", when `progress`); placed into its shards on `mesh` if given."""
     from converters import SafetensorsReader, convert, table_for
 
     _check_dtype(dtype)
@@ -92,24 +107,29 @@ def load_hf(path: str, dtype: str = "float32", progress: bool = True, allow_nonf
     shapes = family_module(cfg.family).weight_shapes(cfg)
     try:
         weights = convert(table_for(cfg), shapes, reader, dtype=dtype, place=jnp.asarray, progress=progress,
-                          allow_nonfinite=allow_nonfinite, desc=desc or f"loading {path}")
+                          allow_nonfinite=allow_nonfinite, desc=desc or f"loading {path}",
+                          assemble=None if mesh is None else functools.partial(_assemble_sharded, mesh, fsdp))
     finally:
         reader.close()
     return VLM(weights=weights, config=cfg), hf_config
 
 
-def load(path: str, dtype: str = "float32", progress: bool = False, allow_nonfinite: bool = False) -> VLM:
+def load(path: str, dtype: str | None = None, progress: bool = False, allow_nonfinite: bool = False,
+         mesh=None, fsdp: bool = False) -> VLM:
     """The model in `path` (a Hugging Face checkpoint directory or a `jaxvlm.save` directory) as a VLM.
 
-    `progress`: a per-tensor bar ("loading PATH") for HF directories, a line on stderr for orbax restores.
-    NaN / Inf weights raise a ConversionError naming the tensor unless `allow_nonfinite`.
+    `dtype`: "float32" or "bfloat16" (None: `default_dtype()`). `progress`: a per-tensor bar ("loading PATH")
+    for HF directories, a line on stderr for orbax restores. NaN / Inf weights raise a ConversionError naming
+    the tensor unless `allow_nonfinite`. `mesh` (sharding.model_mesh / data_mesh): every weight is placed
+    straight into its shards by the logical-axis table as it is read (`fsdp`: also over the data axis).
     """
     path = os.path.abspath(os.fspath(path))
+    dtype = default_dtype() if dtype is None else dtype
     _check_dtype(dtype)
     if not os.path.isdir(path):
         raise CheckpointNotFoundError(f"{path} is not a directory")
     if not is_jaxvlm_dir(path):
-        return load_hf(path, dtype, progress=progress, allow_nonfinite=allow_nonfinite)[0]
+        return load_hf(path, dtype, progress=progress, allow_nonfinite=allow_nonfinite, mesh=mesh, fsdp=fsdp)[0]
     meta_file = os.path.join(path, META_FILE)
     meta = read_json(meta_file)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != VERSION:
@@ -120,7 +140,8 @@ def load(path: str, dtype: str = "float32", progress: bool = False, allow_nonfin
     cfg = parse_hf_config(meta["hf_config"])
     if progress:
         print(f"loading {path} (orbax checkpoint)", file=sys.stderr, flush=True)
-    weights = _restore(os.path.join(path, WEIGHTS_DIR), family_module(cfg.family).weight_shapes(cfg), dtype)
+    weights = _restore(os.path.join(path, WEIGHTS_DIR), family_module(cfg.family).weight_shapes(cfg), dtype,
+                       mesh, fsdp)
     if not allow_nonfinite:
         for leaf in _nonfinite_leaves(weights)[:1]:
             check_finite(leaf, np.asarray(jax.device_get(flatten(weights)[leaf])), os.path.join(path, WEIGHTS_DIR))
@@ -128,10 +149,10 @@ def load(path: str, dtype: str = "float32", progress: bool = False, allow_nonfin
 
 
 def _nonfinite_leaves(weights: dict) -> list[str]:
-    """Paths of the leaves holding a NaN / Inf: numpy on host-resident (CPU) arrays, which it reads in place;
-    one jitted reduction on accelerators (no copy of the weights to the host)."""
+    """Paths of the leaves holding a NaN / Inf: numpy on host-resident (one CPU device) arrays, which it reads
+    in place; one jitted reduction on accelerators and for sharded weights (no copy of the weights to the host)."""
     flat = flatten(weights)
-    if all(d.platform == "cpu" for a in flat.values() for d in a.devices()):
+    if all(len(a.devices()) == 1 and next(iter(a.devices())).platform == "cpu" for a in flat.values()):
         return [p for p, a in flat.items() if not np.isfinite(np.asarray(a)).all()]
     finite = jax.device_get(_all_finite(flat))
     return [p for p, ok in finite.items() if not ok]
@@ -142,14 +163,18 @@ def _all_finite(flat: dict) -> dict:
     return {p: jnp.isfinite(a).all() for p, a in flat.items()}
 
 
-def _restore(weights_dir: str, shapes: dict, dtype: str) -> dict:
-    """The orbax checkpoint `weights_dir` restored against `shapes` as `dtype` arrays."""
+def _restore(weights_dir: str, shapes: dict, dtype: str, mesh=None, fsdp: bool = False) -> dict:
+    """The orbax checkpoint `weights_dir` restored against `shapes` as `dtype` arrays (sharded on `mesh`)."""
     import orbax.checkpoint as ocp
 
     if not os.path.isdir(weights_dir):
         raise CheckpointNotFoundError(f"{weights_dir}: missing (the orbax weights of this jaxvlm directory)")
-    target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(tuple(s), jnp.dtype(dtype)), shapes,
-                          is_leaf=lambda s: isinstance(s, tuple))
+
+    def struct(path, s):
+        placed = None if mesh is None else sharding.leaf_sharding(path, s, mesh, fsdp)
+        return jax.ShapeDtypeStruct(tuple(s), jnp.dtype(dtype), sharding=placed)
+
+    target = jax.tree_util.tree_map_with_path(struct, shapes, is_leaf=lambda s: isinstance(s, tuple))
     try:
         with ocp.StandardCheckpointer() as ckpt:
             weights = ckpt.restore(weights_dir, target)
@@ -162,6 +187,31 @@ def _restore(weights_dir: str, shapes: dict, dtype: str) -> dict:
         raise ConversionError(f"{weights_dir}: cannot restore the orbax checkpoint (missing or corrupt file?): "
                               f"{detail[:400]}") from None
     return jax.tree.map(lambda a: a.astype(dtype) if a.dtype != jnp.dtype(dtype) else a, weights)
+
+
+def _assemble_sharded(mesh, fsdp: bool, path: str, shape: tuple, pieces) -> jax.Array:
+    """One leaf built on `mesh` from its (layer, array) pieces (converters.core.convert's `assemble`): each
+    piece goes to the devices as its shards only, a stacked leaf is written layer by layer in place."""
+    placed = sharding.leaf_sharding(path.split("/")[-1:], shape, mesh, fsdp)
+    first_layer, first = next(pieces)
+    if first_layer is None:
+        return jax.device_put(first, placed)
+    layer = sharding.layer_sharding(placed)
+    stack = _sharded_zeros(tuple(shape), first.dtype, placed)
+    for i, a in ((first_layer, first), *pieces):
+        stack = _set_layer(stack, jax.device_put(a, layer), np.int32(i), placed)
+    return stack
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _sharded_zeros(shape: tuple, dtype, placed) -> jax.Array:
+    return jax.lax.with_sharding_constraint(jnp.zeros(shape, dtype), placed)
+
+
+@functools.partial(jax.jit, static_argnums=3, donate_argnums=0)
+def _set_layer(stack: jax.Array, layer: jax.Array, i, placed) -> jax.Array:
+    """stack with [i] = layer, in place (the stack is donated; both keep their shardings)."""
+    return jax.lax.with_sharding_constraint(stack.at[i].set(layer), placed)
 
 
 def _hf_config_of(params: VLM) -> dict:

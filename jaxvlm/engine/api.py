@@ -151,12 +151,15 @@ def _forward_core(text_w, cfg: TextConfig, state: TokenState, plan: Plan, mesh, 
 _STATIC = ("plan", "mesh", "output_logits")
 
 
-def _embed(params, batch, plan):
+def _embed(params, batch, plan, mesh=None):
     """The family's embed; with `vision_cls=True` when a stage needs the vision tower's [CLS] attention and the
-    family provides it (VISION_CLS; otherwise the fields stay None and such a stage raises its own error)."""
+    family provides it (VISION_CLS; otherwise the fields stay None and such a stage raises its own error).
+    Under a mesh the vision towers run sharded over images (sharding.image_parallel)."""
     from jaxvlm.model import family
 
     fam = family(params)
+    if mesh is not None:
+        params, batch = shard.image_parallel(params, batch, mesh)
     if getattr(fam, "VISION_CLS", False) and any(getattr(st, "needs_vision_cls", False) for st in plan.stages):
         return fam.embed(params, batch, vision_cls=True)
     return fam.embed(params, batch)
@@ -165,7 +168,7 @@ def _embed(params, batch, plan):
 @functools.partial(jax.jit, static_argnames=_STATIC)
 def _generate_vlm(params, batch, key, sampling, plan, eos, pad_id, mesh, output_logits, layer_list=None,
                   pad_masks=None):
-    emb = _embed(params, batch, plan)
+    emb = _embed(params, batch, plan, mesh)
     state = pad_to(from_embedded(emb), plan.lengths[0])
     return _generate_core(params.weights["text"], params.config.text, state, key, sampling, plan, eos, pad_id,
                           mesh, output_logits, embeds=emb.embeds, pad_fn=pad_flags_fn(plan.stages, pad_masks),
@@ -180,7 +183,7 @@ def _generate_embedded(text_w, state, key, sampling, cfg, plan, eos, pad_id, mes
 
 @functools.partial(jax.jit, static_argnames=("plan", "mesh"))
 def _forward_vlm(params, batch, plan, mesh, layer_list=None, pad_masks=None):
-    emb = _embed(params, batch, plan)
+    emb = _embed(params, batch, plan, mesh)
     state = pad_to(from_embedded(emb), plan.lengths[0])
     return _forward_core(params.weights["text"], params.config.text, state, plan, mesh, embeds=emb.embeds,
                          pad_fn=pad_flags_fn(plan.stages, pad_masks), layer_list=layer_list)
@@ -206,11 +209,22 @@ def _eos_pad(eos_token_id, pad_token_id) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(eos or [-1], np.int32), np.int32(pad)
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _mesh_key(seed: int, mesh):
+    return jax.lax.with_sharding_constraint(jax.random.key(seed), shard.replicated(mesh))
+
+
+def _key(seed: int, mesh):
+    """jax.random.key(seed); with a mesh, made replicated on its devices (no device-to-device copy of the key)."""
+    return jax.random.key(seed) if mesh is None else _mesh_key(seed, mesh)
+
+
 def _sampling(temperature: float, top_p: float) -> Sampling:
     if temperature < 0 or not 0 < top_p <= 1:
         raise UserError(f"need temperature >= 0 and 0 < top_p <= 1 (got {temperature}, {top_p})")
     greedy = temperature == 0
-    return Sampling(temperature=jnp.float32(temperature if not greedy else 1.0), top_p=jnp.float32(top_p),
+    # Host scalars (like the seed): the program places them, so a call on a mesh sends nothing device to device.
+    return Sampling(temperature=np.float32(temperature if not greedy else 1.0), top_p=np.float32(top_p),
                     greedy=greedy, use_top_p=(not greedy) and top_p < 1.0)
 
 
@@ -295,7 +309,7 @@ def generate(params, prune=None, max_new_tokens: int = 32, temperature: float = 
         raise UserError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     eos, pad_id = _eos_pad(eos_token_id, pad_token_id)
     batch, plan, _, pad_masks = _prepared(params, inputs, prune, max_new_tokens)
-    tokens, kept, logits = _generate_vlm(params, batch, jax.random.key(seed), _sampling(temperature, top_p),
+    tokens, kept, logits = _generate_vlm(params, batch, _key(seed, mesh), _sampling(temperature, top_p),
                                          plan=plan, eos=eos, pad_id=pad_id, mesh=mesh, output_logits=output_logits,
                                          layer_list=per_layer_weights(params.weights["text"]), pad_masks=pad_masks)
     return GenerateOutput(tokens=tokens, kept=kept, logits=logits)
@@ -329,7 +343,7 @@ def generate_embedded(text_w: dict, cfg: TextConfig, emb, prune=None, max_new_to
     """`generate` from an already embedded batch (jaxvlm.model.Embedded) and text-decoder weights."""
     eos, pad_id = _eos_pad(eos_token_id, pad_token_id)
     plan, _, state = _embedded_plan(cfg, emb, prune, max_new_tokens)
-    tokens, kept, logits = _generate_embedded(text_w, state, jax.random.key(seed), _sampling(temperature, top_p),
+    tokens, kept, logits = _generate_embedded(text_w, state, _key(seed, mesh), _sampling(temperature, top_p),
                                               cfg=cfg, plan=plan, eos=eos, pad_id=pad_id, mesh=mesh,
                                               output_logits=output_logits, layer_list=per_layer_weights(text_w))
     return GenerateOutput(tokens=tokens, kept=kept, logits=logits)

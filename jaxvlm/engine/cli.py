@@ -34,7 +34,7 @@ def build_prompt(processor, prompt: str, template: str) -> str:
     return llava_prompt(prompt, image_token=getattr(processor.hf, "image_token", "<image>"))
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jaxvlm generate", description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint", help="Hugging Face or jaxvlm checkpoint directory")
     p.add_argument("--image", required=True, help="image file (any format PIL reads)")
@@ -46,13 +46,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    args = p.parse_args(argv)
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                   help="weights dtype (default: bfloat16 on GPU / TPU, float32 on CPU)")
+    p.add_argument("--compile-cache", metavar="DIR", default=None,
+                   help="persistent compilation cache directory (default: $JAXVLM_COMPILE_CACHE, else none)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
 
     import numpy as np
 
     import jaxvlm
-    from jaxvlm import prune
+    from jaxvlm import compile_cache, io, prune
     from jaxvlm.errors import UserError
     from jaxvlm.images import open_image
 
@@ -65,10 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     for flag, path in (("CHECKPOINT", args.checkpoint), ("--processor", args.processor)):
         if path is not None and not os.path.isdir(path):
             raise UserError(f"{flag} {path}: no such directory")
+    compile_cache.enable_from(args.compile_cache)
+    dtype = args.dtype or io.default_dtype()
     image = open_image(args.image, "--image")  # any PIL mode as the RGB picture it shows (jaxvlm.images)
     processor = jaxvlm.Processor.from_pretrained(args.processor or args.checkpoint)
-    status(f"loading {args.checkpoint} ({args.dtype})")
-    params = jaxvlm.load(args.checkpoint, dtype=args.dtype, progress=True)
+    status(f"loading {args.checkpoint} ({dtype})")
+    params = jaxvlm.load(args.checkpoint, dtype=dtype, progress=True)
     inputs = processor(text=build_prompt(processor, args.prompt, args.template), images=[image])
     tok = processor.tokenizer
     status("compiling and running (the first call for a shape bucket compiles its program)")

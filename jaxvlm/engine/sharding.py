@@ -20,6 +20,19 @@ mesh axes: query / kv heads N, K, the MLP width F and the vocabulary V over "mod
 replicated). A dimension that the model axis does not divide stays replicated: Qwen2.5-VL-7B's 28 query / 4 kv
 heads at model=8 keep attention replicated while its MLP (18944) and vocabulary are split. GSPMD inserts the
 collectives; the engine code is unchanged.
+
+FSDP (`fsdp=True` in shard_weights / weight_shardings / jaxvlm.load): each weight's largest dimension that the
+model axis left whole and FSDP_RULES lists (D, or F / V where not split over "model") is additionally split
+over "data" where divisible: wq (L, D, N, H) becomes (None, "data", "model", None). Each device then holds
+1/(data x model) of the big matrices; GSPMD gathers a layer's shards where it is used.
+
+`jaxvlm.load(path, mesh=mesh, fsdp=...)` places every tensor straight into these shards as it is read
+(jaxvlm/io.py). The vision tower runs sharded over images (`image_parallel`): under a mesh the LLaVA-family
+pixel inputs' leading image (tile, video) axis is constrained to "data" before the tower and the towers'
+weights to their tensor-parallel shardings (an FSDP split is gathered first; otherwise GSPMD would split the
+activations' width over "data" to match it), so each device encodes its own images. Qwen's packed patches
+(num_patches, C*t*p*p) have no image axis, and its windows and frames do not fall on an even split, so its
+tower is left as it is: every data shard runs all patches, heads split over "model".
 """
 
 from __future__ import annotations
@@ -35,6 +48,12 @@ MODEL_AXIS = "model"
 
 # Logical axes (einsum letters) -> mesh axis; letters not listed are replicated.
 LOGICAL_RULES = {"N": MODEL_AXIS, "K": MODEL_AXIS, "F": MODEL_AXIS, "V": MODEL_AXIS}
+# With FSDP, the letters that may also be split over the data axis (the largest one the model axis left whole).
+FSDP_RULES = {"D": BATCH_AXIS, "F": BATCH_AXIS, "V": BATCH_AXIS}
+# Inputs with a leading image (tile, video) axis that the vision tower runs over, by family (sharded over
+# BATCH_AXIS under a mesh; Qwen's packed patches have no such axis).
+IMAGE_AXIS_INPUTS = {"llava": ("pixel_values",), "llava_next": ("pixel_values",),
+                     "video_llava": ("pixel_values", "pixel_values_videos")}
 # Einsum letters of each weight by leaf name (decoder, CLIP and Qwen vision towers; C = the q/k/v triple). A leaf
 # whose rank differs from its letters (e.g. the projector's 2-D fc1) is replicated.
 WEIGHT_AXES = {
@@ -63,31 +82,75 @@ def model_mesh(data: int = 1, model: int | None = None, devices=None) -> Mesh:
                          axis_types=(jax.sharding.AxisType.Auto,) * 2)
 
 
-def weight_spec(name: str, shape: tuple, mesh: Mesh) -> PartitionSpec:
-    """The PartitionSpec of weight `name` with `shape` under LOGICAL_RULES (replicated where not divisible)."""
+def weight_spec(name: str, shape: tuple, mesh: Mesh, fsdp: bool = False) -> PartitionSpec:
+    """The PartitionSpec of weight `name` with `shape` under LOGICAL_RULES (replicated where not divisible);
+    with `fsdp`, also the largest remaining FSDP_RULES dimension over its axis where divisible."""
     letters = WEIGHT_AXES.get(name)
     if letters is None or len(letters) != len(shape):
         return PartitionSpec()
-    spec, used = [], set()
-    for letter, dim in zip(letters, shape):
+
+    def fits(axis, dim, spec):
+        return axis in mesh.shape and axis not in spec and dim % mesh.shape[axis] == 0
+
+    spec = [None] * len(shape)
+    for i, (letter, dim) in enumerate(zip(letters, shape)):
         axis = LOGICAL_RULES.get(letter)
-        ok = axis in mesh.shape and axis not in used and dim % mesh.shape[axis] == 0
-        spec.append(axis if ok else None)
-        used |= {axis} if ok else set()
+        spec[i] = axis if fits(axis, dim, spec) else None
+    if fsdp:
+        free = [i for i, letter in enumerate(letters)
+                if spec[i] is None and fits(FSDP_RULES.get(letter), shape[i], spec)]
+        if free:
+            i = max(free, key=lambda i: shape[i])
+            spec[i] = FSDP_RULES[letters[i]]
     return PartitionSpec(*spec)
 
 
-def weight_shardings(params, mesh: Mesh):
-    """NamedShardings for every weight of `params` (same pytree), by `weight_spec`."""
-    def one(path, w):
-        return NamedSharding(mesh, weight_spec(str(getattr(path[-1], "key", path[-1])), tuple(w.shape), mesh))
-
-    return jax.tree_util.tree_map_with_path(one, params)
+def leaf_sharding(path, shape: tuple, mesh: Mesh, fsdp: bool = False) -> NamedSharding:
+    """The NamedSharding of the weight at pytree `path` (its last key names the leaf) with `shape`."""
+    name = str(getattr(path[-1], "key", path[-1]))
+    return NamedSharding(mesh, weight_spec(name, tuple(shape), mesh, fsdp))
 
 
-def shard_weights(params, mesh: Mesh):
+def weight_shardings(params, mesh: Mesh, fsdp: bool = False):
+    """NamedShardings for every weight of `params` (same pytree; arrays or ShapeDtypeStructs), by `weight_spec`."""
+    return jax.tree_util.tree_map_with_path(lambda path, w: leaf_sharding(path, w.shape, mesh, fsdp), params)
+
+
+def shard_weights(params, mesh: Mesh, fsdp: bool = False):
     """`params` placed on `mesh` by the logical-axis table (each device holds its shards only)."""
-    return jax.device_put(params, weight_shardings(params, mesh))
+    return jax.device_put(params, weight_shardings(params, mesh, fsdp))
+
+
+def layer_sharding(stack: NamedSharding) -> NamedSharding:
+    """The sharding of one layer [i] of a stacked weight placed as `stack` (its spec without the L axis)."""
+    spec = tuple(stack.spec) + (None,) * (1 - len(stack.spec))
+    return NamedSharding(stack.mesh, PartitionSpec(*spec[1:]))
+
+
+def shard_images(pixels: jax.Array, mesh: Mesh | None) -> jax.Array:
+    """Constrain the leading image axis of `pixels` (I, ...) to BATCH_AXIS (inside jit; identity without a mesh),
+    so the vision tower encodes each device's images locally (GSPMD pads an I the data axis does not divide)."""
+    if mesh is None or BATCH_AXIS not in mesh.shape or pixels.shape[0] == 0:
+        return pixels
+    spec = PartitionSpec(BATCH_AXIS, *([None] * (pixels.ndim - 1)))
+    return jax.lax.with_sharding_constraint(pixels, NamedSharding(mesh, spec))
+
+
+def image_parallel(params, batch: dict, mesh: Mesh):
+    """(params, batch) for the family's embed under `mesh` (inside jit): the image axis of the family's pixel
+    inputs (IMAGE_AXIS_INPUTS) sharded over BATCH_AXIS, and every weight outside the text decoder constrained to
+    its tensor-parallel sharding (FSDP's data split gathered before the towers; a no-op without FSDP), so the
+    towers run image-parallel instead of splitting their activations' width over the data axis."""
+    batch = dict(batch)
+    for name in IMAGE_AXIS_INPUTS.get(params.config.family, ()):
+        batch[name] = shard_images(jnp.asarray(batch[name]), mesh)
+
+    def gathered(path, w):
+        return jax.lax.with_sharding_constraint(w, leaf_sharding(path, w.shape, mesh))
+
+    towers = {k: v if k == "text" else jax.tree_util.tree_map_with_path(gathered, v)
+              for k, v in params.weights.items()}
+    return params.replace(weights=towers), batch
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

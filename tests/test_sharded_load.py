@@ -1,0 +1,168 @@
+"""Sharded loading on 8 forced CPU devices (a subprocess: XLA_FLAGS must be set before jax starts): a tiny HF
+checkpoint and its orbax copy load into the logical-axis table's shardings (TP, TP + FSDP) with the same values
+as an unsharded load, and no full copy is made on the way (every device_put and every live buffer is a shard of
+one layer, the per-device program that writes a layer holds no full stack, the host holds one HF tensor at a
+time); TP + FSDP logits equal one device's; the vision tower runs per image on a data mesh; a second generate
+with sharded weights sends nothing device to device. In-process: the default dtype and `jaxvlm generate`'s
+--dtype / --compile-cache."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+SCRIPT = textwrap.dedent("""
+    import json, sys, tempfile
+    import jax, numpy as np
+    from jax.sharding import PartitionSpec as P
+    jax.config.update("jax_default_matmul_precision", "highest")
+    assert jax.device_count() == 8, jax.devices()
+    import jaxvlm
+    import llava_reference as L
+    from converters import SafetensorsReader, table_for
+    from converters.core import export, flatten
+    from jaxvlm import io
+    from jaxvlm.engine import api, sharding
+    from jaxvlm.model import VLM
+    from jaxvlm.models import llava
+    from jaxvlm.model import random_params
+    from safetensors.numpy import save_file
+
+    d = L.hf_config_dict(gqa=False, text_layers=2, vision_layers=2)
+    d["vision_config"].update(image_size=112, intermediate_size=96)  # no layer shape equals the projector's
+    d["image_seq_length"] = 64
+    cfg = llava.parse_config(d)
+    rng = np.random.default_rng(0)
+    weights = jax.tree.map(lambda a: (rng.standard_normal(a.shape) * 0.2).astype(np.float32),
+                           random_params(cfg).weights)
+    tmp = tempfile.mkdtemp()
+    hf_dir, jx_dir = tmp + "/hf", tmp + "/jx"
+    tensors = {k: np.ascontiguousarray(v) for k, v in export(table_for(cfg), weights, "hub")}
+    import os; os.makedirs(hf_dir)
+    save_file(tensors, hf_dir + "/model.safetensors")
+    json.dump(d, open(hf_dir + "/config.json", "w"))
+    io.save(VLM(weights=weights, config=cfg), jx_dir, hf_config=d)
+    largest_hf = max(t.nbytes for t in tensors.values())
+    flat_w = flatten(weights)
+    MATRICES = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down", "w_fc1", "w_fc2")
+    mesh = sharding.model_mesh(2, 4)
+
+    # Instruments: every device_put (host bytes, per-device shard shape) with the largest per-device buffer of
+    # every live array at that moment; every host tensor read.
+    puts, reads, real_put, real_get = [], [], jax.device_put, SafetensorsReader.get
+    def live_buffers():
+        return {(a.shape, a.sharding.shard_shape(a.shape)) for a in jax.live_arrays()}
+    def put(x, s=None, **kw):
+        if isinstance(x, np.ndarray):
+            puts.append((x.shape, x.nbytes, s.shard_shape(x.shape), live_buffers()))
+        return real_put(x, s, **kw)
+    def get(self, key):
+        a = real_get(self, key)
+        reads.append(a.nbytes)
+        return a
+    jax.device_put, SafetensorsReader.get = put, get
+    for fsdp in (False, True):
+        del puts[:], reads[:]
+        sh = jaxvlm.load(hf_dir, mesh=mesh, fsdp=fsdp)
+        want = flatten(sharding.weight_shardings(weights, mesh, fsdp))
+        got = flatten(sh.weights)
+        for p, w in flat_w.items():
+            assert got[p].sharding.is_equivalent_to(want[p], w.ndim), (p, got[p].sharding, want[p])
+            np.testing.assert_array_equal(np.asarray(got[p]), w, err_msg=p)
+        assert got["text/layers/wq"].sharding.spec[:3] == (None, "data" if fsdp else None, "model")
+        assert max(reads) == largest_hf and max(n for _, n, _, _ in puts) <= largest_hf, (max(reads), largest_hf)
+        big = [p for p in flat_w if "/layers/" in p and p.rsplit("/", 1)[1] in MATRICES]
+        for p in big:  # the stacked matrices (shapes no replicated leaf has)
+            w = flat_w[p]
+            layer_shard = sharding.layer_sharding(want[p]).shard_shape(w.shape[1:])
+            assert layer_shard != w.shape[1:], p
+            for shape, _, placed, live in puts:
+                assert shape != w.shape, f"{p}: the whole stack was sent at once"
+                assert shape != w.shape[1:] or placed == layer_shard, (p, placed, layer_shard)
+                # no live array of this leaf's shape ever had a full-size buffer on a device
+                assert not any(full == w.shape and s == full for full, s in live), p
+        if fsdp:  # the per-device program that writes one layer of wq into its stack never holds a full stack
+            stack = got["text/layers/wq"]
+            layer = real_put(np.zeros(stack.shape[1:], np.float32), sharding.layer_sharding(stack.sharding))
+            text = io._set_layer.lower(stack, layer, np.int32(0), stack.sharding).compile().as_text()
+            full = "f32[" + ",".join(map(str, stack.shape)) + "]"
+            local = "f32[" + ",".join(map(str, stack.sharding.shard_shape(stack.shape))) + "]"
+            assert full not in text and local in text, text[:2000]
+    jax.device_put, SafetensorsReader.get = real_put, real_get
+
+    restored = jaxvlm.load(jx_dir, mesh=mesh, fsdp=True)
+    want = flatten(sharding.weight_shardings(weights, mesh, True))
+    for p, a in flatten(restored.weights).items():
+        assert a.sharding.is_equivalent_to(want[p], a.ndim), (p, a.sharding, want[p])
+        np.testing.assert_array_equal(np.asarray(a), flat_w[p], err_msg=p)
+
+    # TP + FSDP: per-device bytes of the big matrices are 1/8 of theirs, the logits are one device's ...
+    one = jaxvlm.load(hf_dir)
+    dev0 = jax.devices()[0]
+    for p in ("text/layers/wq", "text/layers/w_gate", "text/layers/w_down", "text/embed", "text/lm_head"):
+        a = flatten(sh.weights)[p]
+        mine = sum(s.data.nbytes for s in a.addressable_shards if s.device == dev0)
+        assert mine * 8 == a.nbytes, (p, mine, a.nbytes)
+    ids = rng.integers(0, L.IMAGE_TOKEN, size=(2, 280))  # 2 rows of 4 images (64 tokens each)
+    for j in range(4):
+        ids[:, 5 + 68 * j:69 + 68 * j] = L.IMAGE_TOKEN
+    mask = np.ones_like(ids)
+    mask[1, :3] = 0
+    inputs = dict(input_ids=ids, attention_mask=mask, pixel_values=rng.standard_normal((8, 3, 112, 112))
+                  .astype(np.float32))
+    ref = np.asarray(jaxvlm.forward(one, **inputs).logits)[mask.astype(bool)]
+    atol = 1e-5 * max(1.0, float(np.abs(ref).max()))
+    # ... and its vision tower runs sharded over images: each device's CLIP residual stream holds 4 of the 8
+    # images (65 tokens each; the 2 rows alone would not split them), heads split over "model".
+    batch, plan, _, _ = api._prepared(sh, inputs, None, 0)
+    compiled = api._forward_vlm.lower(sh, batch, plan=plan, mesh=mesh).compile()
+    text = compiled.as_text()
+    assert "f32[4,65,32]" in text and "f32[8,65," not in text, "CLIP not sharded over images"
+    out = np.asarray(compiled(sh, batch)[0])[:, :280][mask.astype(bool)]
+    np.testing.assert_allclose(out, ref, atol=atol, rtol=0)
+
+    # Weights loaded sharded are used where they lie: a second generate moves nothing device to device.
+    first = jaxvlm.generate(sh, **inputs, max_new_tokens=3, mesh=mesh)
+    with jax.transfer_guard_device_to_device("disallow"):
+        again = jaxvlm.generate(sh, **inputs, max_new_tokens=3, mesh=mesh)
+    np.testing.assert_array_equal(np.asarray(first.tokens), np.asarray(again.tokens))
+    print("SHARDED_LOAD_OK")
+""")
+
+
+def test_sharded_load_on_eight_devices():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env["PYTHONPATH"] = os.pathsep.join([tests, os.path.dirname(tests), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and "SHARDED_LOAD_OK" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-5000:]
+
+
+def test_default_dtype_follows_the_backend(monkeypatch):
+    import jax
+
+    from jaxvlm import io
+
+    for backend, dtype in (("cpu", "float32"), ("gpu", "bfloat16"), ("tpu", "bfloat16")):
+        monkeypatch.setattr(jax, "default_backend", lambda b=backend: b)
+        assert io.default_dtype() == dtype
+
+
+def test_generate_cli_dtype_and_compile_cache(tmp_path, monkeypatch):
+    from jaxvlm import compile_cache
+    from jaxvlm.engine import cli
+    from jaxvlm.errors import UserError
+
+    args = cli.parser().parse_args([str(tmp_path), "--image", "x.png", "--prompt", "hi"])
+    assert args.dtype is None and args.compile_cache is None
+    assert "bfloat16 on GPU / TPU, float32 on CPU" in " ".join(cli.parser().format_help().split())
+    enabled = []
+    monkeypatch.setattr(compile_cache, "enable_from", enabled.append)
+    with pytest.raises(UserError, match="missing.png"):  # the cache is enabled before the image and model are read
+        cli.main([str(tmp_path), "--image", str(tmp_path / "missing.png"), "--prompt", "hi",
+                  "--compile-cache", str(tmp_path / "cache")])
+    assert enabled == [str(tmp_path / "cache")]
