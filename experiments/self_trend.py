@@ -1,82 +1,133 @@
-"""Calibration-free recency detrending: the trend estimated from each row's own scores (an experiment).
+"""Calibration-free debiasing (`debias.SelfTrend`, `trend="self"`) against calibrated trends on the same data.
 
-    schedule = (SelfDetrended(prune.fastv(layer=2, keep=64)[0]),)
+    python -m experiments.self_trend smollm2 qwen2.5 [--keep 64] [--out self_trend.json]
 
-At the stage, per row, over the valid non-padding visual tokens: fit log s_i = a + b * x_i by least squares
-(x = span_index), with two robust passes that drop the tokens whose residual exceeds 2 robust standard
-deviations (1.4826 * median absolute deviation) - the few content-salient tokens a pruning method is meant
-to keep must not tilt the trend - then score s_i * exp(-b * x_i) (T(0)/T(x) of the row's own exponential).
-Padding patches are suppressed as in `prune.debiased`. Unlike a calibrated trend it needs no calibration
-set and follows each image's span length (Qwen dynamic resolution), but it also removes any genuine
-correlation of content with position within that image.
+For each real LM inside its VLM shell (experiments.real_lm; the vision towers are RANDOM) on the photographs,
+FastV's own score at layer 1 (the stage prunes before layer 2) is recorded through the engine
+(experiments.stage_scores), and every trend is judged twice:
+  flatness   rank correlation of position and the per-sample-normalised mean score after the trend is divided
+             out (0: no position trend left; experiments.shell_bias.flatness);
+  selection  FastV-K run through the engine with that trend: the share of the kept tokens in the first, middle
+             and last third of each image's visual span, and the share on padding patches.
+Trends: raw FastV (none), the preset's default (`debiased_fastv()`, per family: docs/METHOD.md), the release's
+LLaVA-1.5 trend (`trend="release"`), the trend calibrated on the other half of the photos (`own`, odd / even)
+and the row's own (`trend="self"`). The library function is the one measured: nothing is re-implemented here.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
+import argparse
+import json
+import sys
 
-import jax
-import jax.numpy as jnp
+import numpy as np
 
+from jaxvlm import debias
 
-def row_slopes(scores, positions, weight, clip: float = 2.0) -> jax.Array:
-    """(B,) robust least-squares slope b of log(scores) on positions per row; weight (B, T) {0,1}."""
-    w = weight.astype(jnp.float32) * (scores > 0)
-    x = positions.astype(jnp.float32)
-    y = jnp.log(jnp.maximum(scores.astype(jnp.float32), 1e-30))
-
-    def fit(w):
-        n = jnp.maximum(w.sum(1, keepdims=True), 1.0)
-        xm, ym = (w * x).sum(1, keepdims=True) / n, (w * y).sum(1, keepdims=True) / n
-        b = (w * (x - xm) * (y - ym)).sum(1) / jnp.maximum((w * (x - xm) ** 2).sum(1), 1e-12)
-        return b, ym[:, 0] - b * xm[:, 0]
-
-    keep = w
-    for _ in range(2):  # two trimming passes: the first fit may be tilted by the salient tokens
-        b, a = fit(keep)
-        r = jnp.abs(y - a[:, None] - b[:, None] * x)
-        med = jnp.nanmedian(jnp.where(keep > 0, r, jnp.nan), axis=1, keepdims=True)
-        keep = w * (r <= clip * 1.4826 * jnp.nan_to_num(med, nan=jnp.inf))
-    return fit(keep)[0]
+QUESTION = "Describe the image in detail."
 
 
-@dataclasses.dataclass(frozen=True)
-class SelfDetrended:
-    """`inner` with its score detrended by the row's own exponential and padding suppressed."""
+def thirds(positions: np.ndarray, n: int) -> list[float]:
+    """Shares of `positions` (indices into a span of n visual tokens) in its first, middle and last third."""
+    third = np.minimum((3 * np.asarray(positions)) // max(n, 1), 2)
+    return [float(np.mean(third == k)) if len(third) else 0.0 for k in range(3)]
 
-    inner: Any
-    pad_threshold: float = 0.5
-    pad_variant: str = "release"
 
-    layer = property(lambda self: self.inner.layer)
-    score_layer = property(lambda self: self.inner.score_layer)
-    keep = property(lambda self: self.inner.keep)
+def own_trends(rec) -> tuple[np.ndarray, dict]:
+    """(parity (S,), {parity: trend}): the trend calibrated on the samples of the other parity (odd / even),
+    so that no sample is detrended with a fit that saw it."""
+    from experiments.calibrate import calibrate
 
-    def __getattr__(self, name):
-        if name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
+    half = np.arange(len(rec.scores)) % 2
+    own = {h: calibrate(rec.scores[half != h], rec.valid[half != h], rec.positions[half != h], loss="log",
+                        normalize=True, holdout=0.0)[0] for h in (0, 1)}
+    return half, own
 
-    def resolve(self, n_in: int, n_visual: int):
-        fn = getattr(self.inner, "resolve", None)
-        return self if fn is None else dataclasses.replace(self, inner=fn(n_in, n_visual))
 
-    def fit(self, n_max: int):
-        fn = getattr(self.inner, "fit", None)
-        return self if fn is None else dataclasses.replace(self, inner=fn(n_max))
+def schedules(half: np.ndarray, own: dict) -> dict:
+    """Schedule builders (sample j, keep k) -> schedule, by trend name (`own_trends` gives half, own)."""
+    from jaxvlm.prune import debiased_fastv, fastv
 
-    def query_rows(self, state):
-        return self.inner.query_rows(state)
+    return {
+        "raw": lambda j, k: fastv(layer=2, keep=k),
+        "default": lambda j, k: debiased_fastv(keep=k),
+        "release": lambda j, k: debiased_fastv(keep=k, trend="release"),
+        "own_other_half": lambda j, k: debiased_fastv(keep=k, trend=own[half[j]]),
+        "self": lambda j, k: debiased_fastv(keep=k, trend="self"),
+    }
 
-    def score(self, ctx):
-        st = ctx.state
-        scores = self.inner.score(ctx)
-        ok = st.valid & st.visual & ~ctx.pad
-        b = row_slopes(scores, st.span_index, ok)
-        detrended = scores * jnp.exp(-b[:, None] * jnp.maximum(st.span_index, 0).astype(jnp.float32))
-        return jnp.where(ok, detrended, 0.0)
 
-    def select(self, ctx, scores):
-        st = ctx.state  # FastV's budget rule under padding suppression: padding patches are not candidates
-        return self.inner.select(ctx.replace(state=st.replace(valid=st.valid & ~(ctx.pad & st.visual))), scores)
+def selection(params, inputs: list, rec, builders: dict, keep: int) -> dict:
+    """Per trend name, per sample: kept count, shares per third of the span, padding share of the kept tokens.
+    inputs: one-row model inputs per sample (the samples `rec` was recorded on)."""
+    import jaxvlm
+
+    out = {name: [] for name in builders}
+    media = [params.config.image_token_id]
+    for j, inp in enumerate(inputs):
+        vis = np.flatnonzero(np.isin(inp["input_ids"][0], media))
+        n = len(vis)
+        valid = rec.valid[j, :n] > 0
+        for name, build in builders.items():
+            kept = np.asarray(jaxvlm.forward(params, prune=build(j, min(keep, n)), **inp).kept[0][0])
+            pos = np.searchsorted(vis, kept[kept >= 0])
+            out[name].append({"kept": int(len(pos)), "thirds": thirds(pos, n), "padding": float(np.mean(~valid[pos])),
+                              "visual_tokens": n, "padding_share_of_image": float(np.mean(~valid))})
+    return out
+
+
+def compare(params, proc, photos, keep: int = 64) -> dict:
+    """Flatness and selection of every trend on `photos` (experiments.assets names)."""
+    from experiments.shell_bias import flatness, photos_inputs, self_trends
+    from experiments.stage_scores import collect
+    from jaxvlm.prune import debiased_fastv, fastv
+
+    inputs = photos_inputs(proc, photos)
+    rec = collect(params, inputs, fastv(layer=2, keep=keep)[0], 0.5)
+    half, own = own_trends(rec)
+    release = debias.release_trend("fastv")
+    default = debiased_fastv()[0].for_model(params.config.text).trend
+    selfs = self_trends(rec)
+    per_sample = {"raw": lambda j, n: debias.Trend("polynomial", (1.0,)),
+                  "default": (lambda j, n: selfs[j]) if isinstance(default, debias.SelfTrend) else (lambda j, n: default),
+                  "release": lambda j, n: release,
+                  "own_other_half": lambda j, n: own[half[j]],
+                  "self": lambda j, n: selfs[j]}
+    return {"family": params.config.family, "photos": list(photos), "keep": keep,
+            "default_trend": type(default).__name__,
+            "rank_corr_after": {name: flatness(rec, fn) for name, fn in per_sample.items()},
+            "selection": selection(params, inputs, rec, schedules(half, own), keep)}
+
+
+def table(reports: list[dict]) -> str:
+    lines = [f"{'model':<9} {'trend':<15} {'rank corr':>9} {'kept 1st/2nd/3rd third':>23} {'padding':>7}"]
+    for r in reports:
+        for name, rows in r["selection"].items():
+            t = np.mean([x["thirds"] for x in rows], axis=0)
+            pad = np.mean([x["padding"] for x in rows])
+            lines.append(f"{r['name']:<9} {name:<15} {r['rank_corr_after'][name]:9.2f} "
+                         f"{t[0]:9.2f} {t[1]:6.2f} {t[2]:6.2f} {pad:7.2f}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    from experiments import assets, real_lm
+
+    ap = argparse.ArgumentParser(prog="python -m experiments.self_trend", description=__doc__.split("\n\n")[0])
+    ap.add_argument("names", nargs="+", choices=real_lm.NAMES)
+    ap.add_argument("--keep", type=int, default=64)
+    ap.add_argument("--out", default="self_trend.json")
+    args = ap.parse_args(argv)
+    reports = []
+    for name in args.names:
+        params, proc = real_lm.shell(name)
+        reports.append({"name": name, **compare(params, proc, assets.PHOTOS, args.keep)})
+        print(f"{name} done", file=sys.stderr)
+    with open(args.out, "w") as f:
+        json.dump(reports, f, indent=1)
+    print(table(reports))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -3,10 +3,10 @@ engine's own FastV score, and what each trend does to FastV's selection.
 
 For every measured layer l the probe (experiments.stage_scores) records FastV's score at layer l (a FastV
 stage at layer l+1) on real photographs: per-layer rank correlation of position and mean score, the fitted
-exponential's ratio over the span, held-out R^2. Then FastV-K is run raw, debiased with the release's trend
-(as shipped, and stretched to each image's span) and debiased with the trend calibrated here on the other
-half of the photos (odd / even), counting where the kept tokens lie (last third of the image rows) and how many are
-padding patches.
+exponential's ratio over the span, held-out R^2. Then FastV-K is run (experiments.self_trend.selection) raw, with the
+preset's per-family default, the release's trend, the trend calibrated here on the other half of the photos
+(odd / even) and the row's own trend (`trend="self"`), counting where the kept tokens lie (thirds of the
+visual span) and how many are padding patches.
 
     python -m experiments.shell_bias smollm2 qwen2.5 [--layers 1,2,8] [--keep 64] [--out shell_bias.json]
 
@@ -17,8 +17,8 @@ visual tokens per photo) FastV's score FALLS with position (rank correlation -0.
 and stretching it to each image's span deepens it further (-0.74 / -0.91 / -0.69); a trend calibrated on
 the family's own scores leaves 0.02 / 0.12 / 0.04 in token units and 0.06 / 0.19 / -0.01 fitted on relative
 position (span stretched to 576). Hence: a trend is a function of the token index within its span, applied
-unstretched; a LLaVA trend is not a Qwen trend - calibrate the family's model (`jaxvlm calibrate --model`)
-or use the calibration-free row trend (experiments.self_trend).
+unstretched; a LLaVA trend is not a Qwen trend - the presets use the calibration-free row trend
+(`debias.SelfTrend`, 0.10 here) on Qwen models unless given one (`jaxvlm calibrate --model`).
 """
 
 from __future__ import annotations
@@ -42,10 +42,8 @@ def photos_inputs(proc, names=assets.PHOTOS):
 
 
 def self_trends(rec) -> list:
-    """Each sample's own robust exponential (experiments.self_trend.row_slopes) as a Trend."""
-    from experiments.self_trend import row_slopes
-
-    b = np.asarray(row_slopes(rec.scores, np.maximum(rec.positions, 0), (rec.valid > 0) & (rec.positions >= 0)))
+    """Each sample's own robust exponential (`debias.SelfTrend`, the library's calibration-free trend) as a Trend."""
+    b = np.asarray(debias.SelfTrend().slopes(rec.scores, rec.positions, rec.valid > 0))
     return [debias.Trend("exponential", (1.0, float(v), 0.0)) for v in b]
 
 
@@ -65,11 +63,9 @@ def flatness(rec, trend_for) -> float:
 def measure(params, proc, label: str, layers=(1, 2), keep: int = 64, photos=assets.PHOTOS) -> tuple[dict, dict]:
     """(report, profiles {layer: (positions, normalised mean score, own trend)}) of `params` on `photos`
     (names of experiments.assets photographs, at least 3: one third is held out of each fit)."""
-    import jaxvlm
-    from jaxvlm.prune import debiased_fastv, fastv
+    from jaxvlm.prune import fastv
 
     inputs = photos_inputs(proc, photos)
-    llava = params.config.family == "llava"
     pad_t = 0.5
     out = {"model": label, "family": params.config.family, "photos": list(photos), "layers": {}}
     profiles = {}
@@ -101,30 +97,11 @@ def measure(params, proc, label: str, layers=(1, 2), keep: int = 64, photos=asse
             "release_ratio_used": {"as_shipped": float(release(span - 1) / release(0)),
                                    "stretched": float(release(575) / release(0))},
         }
-    # selection at FastV's own layer (score layer 1): raw / release / release stretched / own (other half)
-    rec = collect(params, inputs, fastv(layer=2, keep=keep)[0], pad_t)
-    from experiments.self_trend import SelfDetrended
+    # selection at FastV's own layer (score layer 1): raw / default / release / own (other half) / self
+    from experiments import self_trend
 
-    sel = {"raw": [], "release": [], "own_other_half": [], "self_trend": []}
-    half = np.arange(len(inputs)) % 2
-    own_of = {h: calibrate(rec.scores[half != h], rec.valid[half != h], rec.positions[half != h], loss="log",
-                           normalize=True, holdout=0.0)[0] for h in (0, 1)}
-    for j, inp in enumerate(inputs):
-        own = own_of[half[j]]
-        ids = inp["input_ids"][0]
-        vis_ids = np.flatnonzero(np.isin(ids, [params.config.image_token_id]))
-        n = len(vis_ids)
-        valid = rec.valid[j, :n] > 0
-        k = min(keep, n)
-        for key, sched in (("raw", fastv(layer=2, keep=k)),
-                           ("release", debiased_fastv(keep=k) if llava else debiased_fastv(keep=k, pad_threshold=pad_t)),
-                           ("own_other_half", debiased_fastv(keep=k, trend=own)),
-                           ("self_trend", (SelfDetrended(fastv(layer=2, keep=k)[0]),))):
-            kept = np.asarray(jaxvlm.forward(params, prune=sched, **inp).kept[0][0])
-            pos = np.searchsorted(vis_ids, kept[kept >= 0])
-            sel[key].append({"kept": int(len(pos)), "last_third": float(np.mean(pos >= 2 * n / 3)),
-                             "padding": float(np.mean(~valid[pos])), "visual_tokens": n,
-                             "padding_share_of_image": float(np.mean(~valid))})
+    rec = collect(params, inputs, fastv(layer=2, keep=keep)[0], pad_t)
+    sel = self_trend.selection(params, inputs, rec, self_trend.schedules(*self_trend.own_trends(rec)), keep)
     out["selection_keep"] = keep
     out["selection"] = sel
     return out, profiles
@@ -145,10 +122,10 @@ def table(reports: list[dict]) -> str:
                          f"{v['own_trend_ratio_over_span']:9.1f} {v['holdout_r2'] or float('nan'):5.2f} "
                          f"{a['release_as_shipped']:14.2f} {a['release_stretched_to_span']:9.2f} {a['own_calibrated']:6.2f} "
                          f"{a['own_calibrated_relative']:7.2f} {a['self_trend']:5.2f} {v['first_token_share']:7.2f} {v['span_share']:5.2f}")
-    lines += ["", f"FastV selection (layer 2): share of kept tokens in the last third of the image / padding share of kept"]
+    lines += ["", "FastV selection (layer 2): share of kept tokens in the last third of the image / padding share of kept"]
     for r in reports:
         for key, rows in r["selection"].items():
-            lt = np.mean([x["last_third"] for x in rows])
+            lt = np.mean([x["thirds"][2] for x in rows])
             pad = np.mean([x["padding"] for x in rows])
             lines.append(f"{r['name']:<9} keep {r['selection_keep']:<4} {key:<18} last third {lt:5.2f}  padding {pad:5.2f}")
     return "\n".join(lines)

@@ -15,7 +15,8 @@ Surface:
   pad_mask / pad_mask_sparsevlm / unpad_mask / make_pad_mask   per-image (..., grid*grid) {0,1} masks
   valid_mask, token_pad_flags                                  all-valid masks (Qwen), per-token flags
   suppress_padding(scores, pad_mask), detrend(scores, positions, trend)
-  Trend (exponential | polynomial | table; fit, from_weights), Trend2D (row x col), load_trend, as_trend
+  Trend (exponential | polynomial | table; fit, from_weights; clamped beyond its span), Trend2D (row x col),
+  SelfTrend (each row's own robust exponential, calibration-free), load_trend, as_trend
   release_trend(method, benchmark), release_weights_path, release_benchmarks   the release's 41 files
 
 Orientation: a *pad mask* is 1 (True) where a patch is VALID image content and 0 where it is padding, as in
@@ -265,12 +266,17 @@ class Trend:
     family "polynomial":  params (c0, c1, ..., cd), T(x) = sum_k c_k x^k.
     family "table":       params (v0, ..., v_{n-1}) = T at x = 0..n-1, linear in between, clamped outside.
     x_scale: T is evaluated at x * x_scale (`stretch` maps a trend fitted on n tokens onto m tokens).
-    Positions x are raster indices within a visual span (image or video frame).
+    span: the positions 0..span-1 the trend was fitted over (None: unknown). Beyond them T is CLAMPED: held at
+    T(span-1) (the last fitted value; a fitted cubic or exponential is never extrapolated), so the release's
+    576-position LLaVA trends can never grow or bend past 575 on a longer span (Qwen images, a video run);
+    `Trend.fit` sets it to the largest fitted position + 1, `release_trend` to 576.
+    Positions x are raster indices within a visual span (image, tile or video frame).
     """
 
     family: str
     params: tuple[float, ...]
     x_scale: float = 1.0
+    span: int | None = None
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -282,6 +288,10 @@ class Trend:
             raise ValueError("trend needs parameters")
         object.__setattr__(self, "params", params)
         object.__setattr__(self, "x_scale", float(self.x_scale))
+        if self.span is not None:
+            if int(self.span) < 1:
+                raise ValueError(f"trend span={self.span!r} must be a positive token count")
+            object.__setattr__(self, "span", int(self.span))
 
     # -- evaluation ---------------------------------------------------------------------------------------
     def __call__(self, positions):
@@ -291,6 +301,8 @@ class Trend:
         x = xp.asarray(positions).astype(ft)
         if self.x_scale != 1.0:
             x = x * self.x_scale
+        if self.span is not None:
+            x = xp.minimum(x, float(self.span - 1))
         if self.family == "exponential":
             a, b, c = self.params
             return a * xp.exp(b * x) + c
@@ -324,11 +336,13 @@ class Trend:
         d = {"family": self.family, "params": list(self.params)}
         if self.x_scale != 1.0:
             d["x_scale"] = self.x_scale
+        if self.span is not None:
+            d["span"] = self.span
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> Trend:
-        return cls(d["family"], tuple(d["params"]), d.get("x_scale", 1.0))
+        return cls(d["family"], tuple(d["params"]), d.get("x_scale", 1.0), d.get("span"))
 
     # -- construction from the release's weight files ------------------------------------------------------
     @classmethod
@@ -402,10 +416,12 @@ class Trend:
         wu = np.bincount(inv, weights=wt)
         target = np.log(y) if loss == "log" else y
         yu = np.bincount(inv, weights=wt * target) / wu
+        span = int(np.floor(xu.max())) + 1
         if family == "table":
-            return cls._fit_table(xu, yu if loss == "lsq" else np.exp(yu))
+            return dataclasses.replace(cls._fit_table(xu, yu if loss == "lsq" else np.exp(yu)), span=span)
         xs = max(float(xu.max()), 1.0)
-        return _fit_optax(family, loss, xu / xs, yu, wu / wu.sum(), xs, degree, offset, max_steps)
+        fitted = _fit_optax(family, loss, xu / xs, yu, wu / wu.sum(), xs, degree, offset, max_steps)
+        return dataclasses.replace(fitted, span=span)
 
     @classmethod
     def _fit_table(cls, xu, yu) -> Trend:
@@ -541,13 +557,73 @@ class Trend2D:
         return cls(row, col)
 
 
-def detrend(scores, positions, trend):
+@dataclasses.dataclass(frozen=True)
+class SelfTrend:
+    """Calibration-free trend: each row's own exponential T(x) = exp(a + b*x), estimated from the very scores
+    being ranked (no calibration set; follows every image's span length, Qwen's dynamic resolution included).
+
+    Per row (the last axis), over the tokens `weight` marks (valid, non-padding visual tokens with a position)
+    whose score is > 0: least squares of log s on x, then `passes` trimming passes that drop the tokens whose
+    residual exceeds `clip` robust standard deviations (1.4826 * median absolute deviation) and refit, so the
+    few content-salient tokens a pruning method is meant to keep do not tilt the trend. Exactly invariant to
+    the row's score scale (log(c*s) moves a only). It also removes any genuine correlation of content with
+    position inside the image. Frozen and hashable (a static part of a schedule): `trend="self"` in
+    `prune.debiased` and the presets, `--prune debiased_fastv:trend=self`. Pure and jittable (jax float32).
+    """
+
+    clip: float = 2.0
+    passes: int = 2
+
+    def __post_init__(self):
+        if not float(self.clip) > 0 or int(self.passes) < 0:
+            raise ValueError(f"SelfTrend(clip={self.clip!r}, passes={self.passes!r}): need clip > 0, passes >= 0")
+
+    def slopes(self, scores, positions, weight) -> jax.Array:
+        """(...,) robust slope b of log(scores) on positions per row; scores, positions, weight (..., T),
+        weight {0,1} / bool (tokens outside it never enter the estimate). 0 for rows with < 2 tokens."""
+        y = jnp.log(jnp.maximum(jnp.asarray(scores, jnp.float32), 1e-30))
+        x = jnp.asarray(positions, jnp.float32)
+        w = (jnp.asarray(weight) > 0) & (jnp.asarray(scores) > 0) & (x >= 0)
+        w = w.astype(jnp.float32)
+
+        def fit(keep):
+            n = jnp.maximum(keep.sum(-1, keepdims=True), 1.0)
+            xm, ym = (keep * x).sum(-1, keepdims=True) / n, (keep * y).sum(-1, keepdims=True) / n
+            b = (keep * (x - xm) * (y - ym)).sum(-1) / jnp.maximum((keep * (x - xm) ** 2).sum(-1), 1e-12)
+            return b, ym[..., 0] - b * xm[..., 0]
+
+        keep = w
+        for _ in range(int(self.passes)):
+            b, a = fit(keep)
+            r = jnp.abs(y - a[..., None] - b[..., None] * x)
+            mad = jnp.nanmedian(jnp.where(keep > 0, r, jnp.nan), axis=-1, keepdims=True)
+            keep = w * (r <= self.clip * 1.4826 * jnp.nan_to_num(mad, nan=jnp.inf))
+        return fit(keep)[0]
+
+    def weights(self, scores, positions, weight) -> jax.Array:
+        """(..., T) float32 T(0)/T(x) = exp(-b*x) of each row's own trend (exponent clipped to +-60 so a steep
+        trend over thousands of tokens stays finite), 1 where positions < 0."""
+        b = self.slopes(scores, positions, weight)
+        x = jnp.maximum(jnp.asarray(positions, jnp.float32), 0.0)
+        return jnp.exp(jnp.clip(-b[..., None] * x, -60.0, 60.0))
+
+
+def detrend(scores, positions, trend, weight=None):
     """Recency detrending: s'[i] = s[i] * T(0)/T(x_i) (METHOD.md technique 1).
 
     scores (..., T); positions (..., T) raster index within the visual span (per frame for video: the
     engine's `span_index`), negative for text tokens, which are returned untouched. For a `Trend2D` pass
     positions as a (rows, cols) tuple of (..., T) arrays (`TokenState.row`, `.col`). Scores keep their dtype.
+    A `SelfTrend` is estimated per row over `weight` (..., T) (the tokens allowed into the estimate, e.g.
+    valid non-padding visual tokens; default: every token with a position); it always returns jax arrays.
     """
+    if isinstance(trend, SelfTrend):
+        if isinstance(positions, tuple):
+            raise TypeError("a SelfTrend needs 1-D positions (span_index), not (rows, cols)")
+        scores, positions = jnp.asarray(scores), jnp.asarray(positions)
+        weight = positions >= 0 if weight is None else weight
+        w = trend.weights(scores, positions, weight)
+        return jnp.where(positions >= 0, scores * w.astype(scores.dtype), scores)
     xp = _xp(scores, *(positions if isinstance(positions, tuple) else (positions,)))
     scores = xp.asarray(scores)
     if isinstance(positions, tuple):
@@ -569,6 +645,7 @@ def detrend(scores, positions, trend):
 # The release's trends (jaxvlm/data: 41 weight files + the parameters recovered from them)
 # ----------------------------------------------------------------------------------------------------------
 
+RELEASE_SPAN = 576  # the release's trends are fitted over LLaVA-1.5's 24 x 24 raster (positions 0..575)
 METHODS = {  # our names and the release's folder names -> release folder
     "fastv": "FastV",
     "himap": "HiMAP",
@@ -627,8 +704,9 @@ def release_trend(method: str, benchmark: str | None = None) -> Trend:
     method: fastv | himap | pdrop | sparsevlm | tokencarve (or the release's folder names); benchmark: gqa,
     mmbench, mmbench_cn, mme, mmvet/mm-vet, pope, scienceqa, textvqa, vizwiz, vqav2 (ignored for FastV,
     whose one cubic serves all). Note: the release's TokenCarve vqav2 file is a copy of its mmvet file.
+    The trend's `span` is RELEASE_SPAN (576, LLaVA-1.5's 24x24 raster): beyond position 575 it is clamped.
     """
-    return Trend.from_dict(_release_entry(_method_folder(method), benchmark))
+    return dataclasses.replace(Trend.from_dict(_release_entry(_method_folder(method), benchmark)), span=RELEASE_SPAN)
 
 
 def load_trend(path_or_dict) -> Trend | Trend2D:
@@ -656,15 +734,19 @@ def load_trend(path_or_dict) -> Trend | Trend2D:
                         f"'trend', or {{'row', 'col'}}): {e!r}") from None
 
 
-def as_trend(trend) -> Trend | Trend2D | None:
-    """`trend` as a Trend / Trend2D: passes those (and None) through, loads a JSON file path or a dict."""
-    if trend is None or isinstance(trend, (Trend, Trend2D)):
+def as_trend(trend) -> Trend | Trend2D | SelfTrend | None:
+    """`trend` as a Trend / Trend2D / SelfTrend: passes those (and None) through, "self" is `SelfTrend()`, a
+    JSON file path or a dict loads (`load_trend`)."""
+    if trend is None or isinstance(trend, (Trend, Trend2D, SelfTrend)):
         return trend
+    if isinstance(trend, str) and trend == "self":
+        return SelfTrend()
     if isinstance(trend, (str, os.PathLike, dict)):
         return load_trend(trend)
     from jaxvlm.errors import UserError
 
-    raise UserError(f"trend={trend!r}: expected a debias.Trend / Trend2D, a trend JSON file or a dict")
+    raise UserError(f"trend={trend!r}: expected a debias.Trend / Trend2D / SelfTrend, 'self', a trend JSON file "
+                    "or a dict")
 
 
 def build_trends_json(weights_dir: Path = WEIGHTS_DIR) -> dict:

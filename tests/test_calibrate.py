@@ -180,20 +180,6 @@ def test_calibrate_model_mode_errors(tmp_path):
         cal.calibration_samples(str(tmp_path), None, None, 4, 0)
 
 
-def test_self_trend_slope_ignores_salient_tokens():
-    """The calibration-free trend: a row's own exponential, robust to a few content-salient tokens."""
-    from experiments.self_trend import row_slopes
-
-    rng = np.random.default_rng(0)
-    x = np.tile(np.arange(300), (4, 1))
-    b = np.array([0.0, 0.004, 0.01, -0.002])
-    s = np.exp(b[:, None] * x + rng.normal(0, 0.2, x.shape))
-    s[:, rng.choice(300, 12, replace=False)] *= 50.0  # salient tokens
-    w = np.ones_like(s, bool)
-    w[:, 250:] = False  # padding excluded
-    np.testing.assert_allclose(np.asarray(row_slopes(s, x, w)), b, atol=6e-4)
-
-
 def test_calibrate_model_refuses_a_stage_beyond_the_model(tmp_path):
     import tiny_vlm
     from jaxvlm.errors import UserError

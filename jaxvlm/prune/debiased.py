@@ -19,6 +19,15 @@ patches from their candidates.
 Which stages: "first" (the release: only the first attention-based selection over the full grid) or "all"
 (opt-in extension: every attention-based stage).
 
+Trends (`trend=`): a `debias.Trend` / `Trend2D`, a trend JSON (`jaxvlm calibrate`), "self" (`debias.SelfTrend`:
+each row's own robust exponential, calibration-free; padding and position-less tokens excluded from its
+estimate) or, in the presets, "release" (the release's LLaVA-1.5 trend, explicitly). A preset given no trend
+uses its per-family default (docs/METHOD.md, "Trends on other token counts"), bound at plan time through
+`Debiased.for_model` (the engine's hook, jaxvlm.engine.prefill.make_plan): the release's trend, unstretched, on
+the LLaVA families (LLaVA-1.5; LLaVA-NeXT per tile; Video-LLaVA per frame: positions are the model's
+`span_index`), `SelfTrend()` on M-RoPE models (Qwen2-VL / Qwen2.5-VL), whose FastV score falls with position
+where LLaVA's rises. Every `Trend` is clamped beyond the span it was fitted over (576 for the release's).
+
 `release_shift=True` reproduces the release's FastV / TokenCarve window, hard-coded at offset 36 while the
 image starts at 35 (METHOD.md section 4): the method sees every image run moved one slot later, i.e. image
 token 0 leaves the window (and is always kept, as the release keeps everything before the window) and the
@@ -65,6 +74,7 @@ class Debiased:
     pad_variant: str = "release"
     budget_rule: str | None = None  # "lower" | "fill"; None: inner.budget_default
     release_shift: bool = False
+    default_trend: bool = False  # `trend` is a preset's per-family default, replaced by `for_model` at plan time
 
     def __post_init__(self):
         object.__setattr__(self, "trend", debias.as_trend(self.trend))  # a JSON file path or dict loads here
@@ -94,6 +104,15 @@ class Debiased:
     def keep(self) -> int | None:
         keep = self.inner.keep
         return None if keep is None else keep + (1 if self.release_shift else 0)
+
+    def for_model(self, text_config) -> "Debiased":
+        """The engine's plan-time hook (before `resolve`): a preset's default trend for the model it runs on.
+        text_config: the language model's `jaxvlm.config.TextConfig`; M-RoPE (`rope.mrope_section`, i.e. the
+        Qwen2-VL / Qwen2.5-VL families) gets `debias.SelfTrend()`, every other model keeps the release's trend.
+        An explicitly given trend is never replaced."""
+        if not (self.default_trend and self.recency) or not uses_mrope(text_config):
+            return self
+        return dataclasses.replace(self, trend=debias.SelfTrend(), default_trend=False)
 
     def resolve(self, n_in: int, n_visual: int) -> "Debiased":
         """Forward the engine's count resolution (jaxvlm.prune.base) to the inner stage, keeping the wrapper."""
@@ -137,8 +156,8 @@ class Debiased:
         if self.recency:
             if isinstance(self.trend, debias.Trend2D):
                 scores = debias.detrend(scores, (st.row, st.col), self.trend)
-            else:
-                scores = debias.detrend(scores, st.span_index, self.trend)
+            else:  # a SelfTrend is estimated on the valid non-padding visual tokens only
+                scores = debias.detrend(scores, st.span_index, self.trend, weight=st.valid & st.visual & ~ctx.pad)
         if self.padding:
             scores = debias.suppress_padding(scores, ~ctx.pad)
         return scores
@@ -183,6 +202,12 @@ def release_window(ctx: StageContext) -> StageContext:
                                                                                   "frame")}
     state = st.replace(visual=visual, **idx)
     return ctx.replace(state=state, pad=shift(ctx.pad, False) & visual)
+
+
+def uses_mrope(text_config) -> bool:
+    """Whether a language model uses multimodal rotary positions (Qwen2-VL / Qwen2.5-VL's M-RoPE)."""
+    rope = getattr(text_config, "rope", None)
+    return getattr(rope, "mrope_section", None) is not None
 
 
 def stage_pad_mask(stage, image_sizes, grid: int, image_size: int) -> np.ndarray:
@@ -269,24 +294,34 @@ def _setting(setting: str) -> tuple[bool, bool]:
     return SETTINGS[setting]
 
 
-def _preset(schedule, setting, trend, pad_threshold, pad_variant="release", **kwargs) -> tuple:
+def _preset(schedule, setting, trend, release, pad_threshold, pad_variant="release", **kwargs) -> tuple:
+    """The preset's schedule; trend None: `release` as the per-family default (Debiased.for_model), "release":
+    `release` explicitly, anything else through debias.as_trend ("self", a Trend, a JSON file)."""
     recency, padding = _setting(setting)
     if not recency and not padding:
         return tuple(schedule)
-    return debiased(schedule, trend=trend if recency else None, pad_threshold=pad_threshold, recency=recency,
-                    padding=padding, pad_variant=pad_variant, **kwargs)
+    default = trend is None
+    if default or (isinstance(trend, str) and trend == "release"):
+        trend = release
+    out = debiased(schedule, trend=trend if recency else None, pad_threshold=pad_threshold, recency=recency,
+                   padding=padding, pad_variant=pad_variant, **kwargs)
+    if not (default and recency):
+        return out
+    return tuple(dataclasses.replace(st, default_trend=True) if isinstance(st, Debiased) and st.recency else st
+                 for st in out)
 
 
 def debiased_fastv(setting: str = "both", layer: int = 2, keep: int = 128, pad_threshold: float = 0.5,
                    trend=None, **kwargs) -> tuple:
-    """FastV K=2, keep 128, padding threshold 0.5, the release's cubic trend; budget lowered to the valid count.
+    """FastV K=2, keep 128, padding threshold 0.5, the release's cubic trend (trend=None: the per-family default,
+    see the module docstring); budget lowered to the valid count.
 
     setting="padding" uses the release's integer-unpadding mask ("before" in its FastV code)."""
     from jaxvlm.prune.fastv import fastv
 
-    trend = trend or debias.release_trend("fastv")
     variant = "unpad" if setting in ("padding", "before") else "release"
-    return _preset(fastv(layer=layer, keep=keep), setting, trend, pad_threshold, variant, **kwargs)
+    return _preset(fastv(layer=layer, keep=keep), setting, trend, debias.release_trend("fastv"), pad_threshold,
+                   variant, **kwargs)
 
 
 def debiased_himap(setting: str = "both", benchmark: str = "gqa", text_layer: int = 2, text_keep: int = 115,
@@ -295,9 +330,8 @@ def debiased_himap(setting: str = "both", benchmark: str = "gqa", text_layer: in
     """HiMAP 2/115 then 8/90, padding 0.5, the release's per-benchmark exponential trend (stage 1 only)."""
     from jaxvlm.prune.himap import himap
 
-    trend = trend or debias.release_trend("himap", benchmark)
     sched = himap(text_layer=text_layer, text_keep=text_keep, image_layer=image_layer, image_keep=image_keep)
-    return _preset(sched, setting, trend, pad_threshold, **kwargs)
+    return _preset(sched, setting, trend, debias.release_trend("himap", benchmark), pad_threshold, **kwargs)
 
 
 def debiased_pdrop(setting: str = "both", benchmark: str = "gqa", layers=(2, 10, 20), ratios=(0.32, 0.16, 0.08),
@@ -307,8 +341,8 @@ def debiased_pdrop(setting: str = "both", benchmark: str = "gqa", layers=(2, 10,
     n_visual=None: keeps resolved at plan time from the batch's visual count (see prune.pdrop)."""
     from jaxvlm.prune.pdrop import pdrop
 
-    trend = trend or debias.release_trend("pdrop", benchmark)
-    return _preset(pdrop(layers=layers, ratios=ratios, n_visual=n_visual), setting, trend, pad_threshold, **kwargs)
+    return _preset(pdrop(layers=layers, ratios=ratios, n_visual=n_visual), setting, trend,
+                   debias.release_trend("pdrop", benchmark), pad_threshold, **kwargs)
 
 
 def debiased_sparsevlm(setting: str = "both", benchmark: str = "gqa", budget: int = 128,
@@ -318,8 +352,8 @@ def debiased_sparsevlm(setting: str = "both", benchmark: str = "gqa", budget: in
     n_visual=None: recycling counts resolved at plan time (see prune.sparsevlm)."""
     from jaxvlm.prune.sparsevlm import sparsevlm
 
-    trend = trend or debias.release_trend("sparsevlm", benchmark)
-    return _preset(sparsevlm(budget=budget, n_visual=n_visual), setting, trend, pad_threshold, "sparsevlm", **kwargs)
+    return _preset(sparsevlm(budget=budget, n_visual=n_visual), setting, trend,
+                   debias.release_trend("sparsevlm", benchmark), pad_threshold, "sparsevlm", **kwargs)
 
 
 def debiased_tokencarve(setting: str = "both", benchmark: str = "gqa", keep: int = 64, pad_threshold: float = 0.5,
@@ -327,8 +361,8 @@ def debiased_tokencarve(setting: str = "both", benchmark: str = "gqa", keep: int
     """TokenCarve N=64 (select 96, merge 32), padding 0.5; only the attention (AV) branch is debiased."""
     from jaxvlm.prune.tokencarve import tokencarve
 
-    trend = trend or debias.release_trend("tokencarve", benchmark)
-    return _preset(tokencarve(keep=keep), setting, trend, pad_threshold, **kwargs)
+    return _preset(tokencarve(keep=keep), setting, trend, debias.release_trend("tokencarve", benchmark),
+                   pad_threshold, **kwargs)
 
 
 def debiased_illava(setting: str = "both", layers=(8,), keep_ratio: float = 0.7, pad_threshold: float = 0.5,
@@ -337,8 +371,8 @@ def debiased_illava(setting: str = "both", layers=(8,), keep_ratio: float = 0.7,
     (defaults to FastV's cubic, the closest released last-token attention trend)."""
     from jaxvlm.prune.illava import illava
 
-    trend = trend or debias.release_trend("fastv")
-    return _preset(illava(layers=layers, keep_ratio=keep_ratio), setting, trend, pad_threshold, **kwargs)
+    return _preset(illava(layers=layers, keep_ratio=keep_ratio), setting, trend, debias.release_trend("fastv"),
+                   pad_threshold, **kwargs)
 
 
 PRESETS = {
