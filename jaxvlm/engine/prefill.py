@@ -65,6 +65,8 @@ def make_plan(cfg: TextConfig, schedule, bucket: int, visual_counts, max_new: in
     resolved, n_in = [], v_min
     for i, st in enumerate(stages):
         name = f"pruning stage {i} ({type(st).__name__})"
+        if hasattr(st, "for_model"):  # a stage that depends on the language model (a preset's trend, prune.debiased)
+            st = st.for_model(cfg)
         st = resolve_stage(st, n_in, v_min, name)
         if hasattr(st, "fit"):  # the stage's budget rule for a keep above `capacity` (jaxvlm.prune.base)
             st = st.fit(int(capacity))
