@@ -21,6 +21,14 @@ Host side (`index_arrays`, numpy): rotary (row, col) per patch in processing ord
 itself, segment ids and gather/inverse indices of the full and the windowed attention, and the inverse order
 of merged tokens.
 
+Shape buckets (`index_arrays(..., per_octave=BUCKETS_PER_OCTAVE)`, what `qwen_vl.prepare` uses): every
+static shape that follows the grids - the packed patch count, the number and width of the attention segments -
+is rounded up by `bucket` (BUCKETS_PER_OCTAVE steps per power of two, so at most 25% padding with 4), and one
+compiled program serves every batch of grids in the same buckets. Padding patches (zero rows, appended) carry
+segment id -1: they are in no attention block, so no real patch attends to them and their attention output
+is 0; they merge among themselves into padding merged tokens past the real ones, which the LLM never gathers.
+Padding blocks / block slots are all-invalid keys. The real patches' arithmetic is unchanged.
+
 Weights (layers stacked on L, linear weights [in, out]; D width, N heads, H head dim, F MLP width):
     vision:    patch_embed (C*tp*p*p, D)
                layers: attn_norm (L, D) [+ attn_norm_bias], wqkv (L, D, 3, N, H), bqkv (L, 3, N, H),
@@ -43,6 +51,10 @@ from jaxvlm.errors import UserError
 from jaxvlm.layers import activation, apply_rope, attention, base_inv_freq, full_mask, layer_norm, rms_norm
 
 NORM_EPS = 1e-6  # transformers hard-codes eps=1e-6 for every norm of both towers and mergers
+# Shape buckets per power of two for prepare's packed patch axis and attention blocks (see `bucket`). Four
+# bounds the padding at 25% (mean ~8% of the vision tower's work) while a typical eval's patch counts fall
+# into a handful of buckets; 0 keeps the exact shapes (one program per patch count).
+BUCKETS_PER_OCTAVE = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,15 +138,29 @@ def check_grids(cfg: VisionConfig, grid_thw: np.ndarray, name: str) -> np.ndarra
     return g
 
 
-def index_arrays(cfg: VisionConfig, grids: np.ndarray) -> dict[str, np.ndarray]:
+def bucket(n: int, quantum: int = 1, per_octave: int = BUCKETS_PER_OCTAVE) -> int:
+    """`n` rounded up to a bucket: k = ceil(n / quantum) units rounded up to a multiple of 2^e / per_octave where
+    2^e < k <= 2^(e+1), i.e. `per_octave` buckets per power of two (4, quantum 4: ..., 1280, 1536, 1792, 2048,
+    2560, ... patches; padding < n / per_octave + quantum); n itself when per_octave is 0."""
+    n = int(n)
+    if per_octave <= 0:
+        return n
+    k = max(1, -(-n // quantum))
+    step = max(1, (1 << ((k - 1).bit_length() - 1)) // per_octave) if k > 1 else 1
+    return -(-k // step) * step * quantum
+
+
+def index_arrays(cfg: VisionConfig, grids: np.ndarray, per_octave: int = 0) -> dict[str, np.ndarray]:
     """Host-side index arrays for the packed patches of media with `grids` (M, 3) (t, h, w in patches).
 
-    Returns (Np = total patches, Nm = Np / m^2 merged tokens):
+    Returns (Np = total patches, Nm = Np / m^2 merged tokens; with `per_octave` > 0 Np is bucket(Np, m^2) and
+    slots from the real count on are padding patches, see the module docstring):
       order (Np,)       processing order: patch row `order[i]` of the input is processed at slot i
       rope_pos (Np, 2)  (row, col) of each processed patch in its image grid (rotary positions)
-      seg_full (Np,)    segment id = global frame id (full attention stays within an image/frame)
+      seg_full (Np,)    segment id = global frame id (full attention stays within an image/frame); -1: padding
       seg_window (Np,)  segment id = global window id (== seg_full for Qwen2-VL)
       {full,window}_gather (S, P), {full,window}_inverse (Np,)   `segment_blocks` of the two segmentations
+                        (S and P bucketed too)
       unorder (Nm,)     merged token j of the raster output is merged slot unorder[j]
     """
     m = cfg.spatial_merge_size
@@ -172,33 +198,46 @@ def index_arrays(cfg: VisionConfig, grids: np.ndarray) -> dict[str, np.ndarray]:
     rope_pos = np.stack([prow, pcol], axis=-1)[order]
     seg_full = np.repeat(frame_u, mu)[order]
     seg_window = np.repeat(window_u, mu)[order]
+    n_pad = bucket(order.size, mu, per_octave) - order.size
+    if n_pad:  # padding patches: rows past the real ones, processed last, merged among themselves
+        order = np.concatenate([order, order.size + np.arange(n_pad)])
+        unorder = np.concatenate([unorder, nm + np.arange(n_pad // mu)])
+        rope_pos = np.concatenate([rope_pos, np.zeros((n_pad, 2), rope_pos.dtype)])
+        seg_full, seg_window = (np.concatenate([s, np.full(n_pad, -1, s.dtype)]) for s in (seg_full, seg_window))
     i32 = lambda a: np.asarray(a, np.int32)  # noqa: E731
     out = {"order": i32(order), "rope_pos": i32(rope_pos), "seg_full": i32(seg_full),
            "seg_window": i32(seg_window), "unorder": i32(unorder)}
-    for name, seg in (("full", seg_full), ("window", seg_window)):
-        gather, inverse = segment_blocks(seg)
+    # Window counts vary most between batches and an empty window costs little (a 64-patch window's attention
+    # is ~2% of its MLP's FLOPs at the real widths): their count goes to a power of two.
+    for name, seg, count_octave in (("full", seg_full, per_octave), ("window", seg_window, min(per_octave, 1))):
+        gather, inverse = segment_blocks(seg, per_octave, count_octave)
         out[f"{name}_gather"], out[f"{name}_inverse"] = gather, inverse
     return out
 
 
-def segment_blocks(seg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Blocks of equal segment ids: gather (S, P) int32 slot indices of each segment in slot order, padded with
-    N (a slot past the end), and inverse (N,) int32: flat index s * P + p where slot n sits."""
+def segment_blocks(seg: np.ndarray, per_octave: int = 0, count_octave: int | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Blocks of equal segment ids (>= 0; -1 = in no block): gather (S, P) int32 slot indices of each segment
+    in slot order, padded with N (a slot past the end), and inverse (N,) int32: flat index s * P + p where slot
+    n sits, S * P (past every block) for the slots of no segment. P is `bucket`ed with `per_octave`, S with
+    `count_octave` (default: the same; padding rows hold only N)."""
     n = seg.size
-    ids, first, counts = np.unique(seg, return_index=True, return_counts=True)
+    real = np.flatnonzero(seg >= 0)
+    ids, first, counts = np.unique(seg[real], return_index=True, return_counts=True)
     ids = ids[np.argsort(first, kind="stable")]  # segments in order of appearance
-    rank = np.empty(int(seg.max()) + 1 if n else 0, np.int64)
+    rank = np.zeros(int(seg.max()) + 1 if real.size else 0, np.int64)
     rank[ids] = np.arange(ids.size)
-    block = rank[seg]
+    block = rank[seg[real]]
     by_block = np.argsort(block, kind="stable")
-    width = int(counts.max()) if n else 1
+    n_seg = bucket(max(ids.size, 1), 1, per_octave if count_octave is None else count_octave)
+    width = bucket(int(counts.max()) if real.size else 1, 1, per_octave)
     start = np.zeros(ids.size + 1, np.int64)
     np.cumsum(np.bincount(block, minlength=ids.size), out=start[1:])
-    within = np.arange(n) - start[block[by_block]]
-    gather = np.full((ids.size, width), n, np.int64)
-    gather[block[by_block], within] = by_block
-    inverse = np.empty(n, np.int64)
-    inverse[by_block] = block[by_block] * width + within
+    within = np.arange(real.size) - start[block[by_block]]
+    gather = np.full((n_seg, width), n, np.int64)
+    gather[block[by_block], within] = real[by_block]
+    inverse = np.full(n, n_seg * width, np.int64)
+    inverse[real[by_block]] = block[by_block] * width + within
     return gather.astype(np.int32), inverse.astype(np.int32)
 
 
@@ -221,7 +260,8 @@ def rotary(cfg: VisionConfig, rope_pos: jax.Array) -> tuple[jax.Array, jax.Array
 
 
 def segment_attention(q_tnh, k_tnh, v_tnh, gather_sp: jax.Array, inverse_t: jax.Array) -> jax.Array:
-    """Attention within segments: gather (S, P) slot blocks (padding = index T), attend per block, scatter back."""
+    """Attention within segments: gather (S, P) slot blocks (padding = index T), attend per block, scatter back
+    (slots of no segment, inverse S * P, get 0)."""
     t = q_tnh.shape[0]
     valid_sp = gather_sp < t
 
@@ -230,7 +270,7 @@ def segment_attention(q_tnh, k_tnh, v_tnh, gather_sp: jax.Array, inverse_t: jax.
         return x[gather_sp]  # (S, P, N, H)
 
     out = attention(blocks(q_tnh), blocks(k_tnh), blocks(v_tnh), full_mask(valid_sp))  # chunked for big blocks
-    return out.reshape((-1,) + out.shape[2:])[inverse_t]
+    return jnp.take(out.reshape((-1,) + out.shape[2:]), inverse_t, axis=0, mode="fill", fill_value=0)
 
 
 def block(cfg: VisionConfig, lw: dict, x_td: jax.Array, cos, sin, attend) -> jax.Array:

@@ -14,6 +14,8 @@ n + rope_deltas.
 
 Images and videos of a batch go through the vision tower together as one packed sequence (images first,
 then videos); attention never crosses an image or frame, so this equals transformers' two separate calls.
+The packed patch axis is padded to a shape bucket (masked padding patches, `qwen_vision.BUCKETS_PER_OCTAVE`),
+so batches of different image sizes share compiled programs.
 """
 
 from __future__ import annotations
@@ -262,9 +264,11 @@ def prepare(cfg: QwenVLConfig, input_ids, attention_mask=None, pixel_values=None
     rope_deltas (B,) int32, feature_index (B,T) int32 (row of the merged image-then-video features each visual
     token takes, -1 for text), the per-token metadata of `Embedded` (visual, media [images first, then
     videos], frame [temporal patch index], row, col [merged grid], span_index [row * merged_w + col]) and,
-    when media are given, patches (Np, C*tp*p*p) float32 (images then videos) with the vision index arrays
-    `vis_*` of `qwen_vision.index_arrays`. `mm_token_type_ids` is derived from the ids when absent (and must
-    agree with them when given); `second_per_grid_ts` (one per video) spaces Qwen2.5-VL video time positions.
+    when media are given, patches (Np, C*tp*p*p) float32 (images then videos, then zero rows up to the
+    patch-count bucket, `qwen_vision.BUCKETS_PER_OCTAVE`) with the vision index arrays `vis_*` of
+    `qwen_vision.index_arrays` (bucketed the same way: one compiled program per bucket, not per patch count).
+    `mm_token_type_ids` is derived from the ids when absent (and must agree with them when given);
+    `second_per_grid_ts` (one per video) spaces Qwen2.5-VL video time positions.
     `image_sizes` is accepted for API uniformity and unused (Qwen images are resized, never padded).
     Bad inputs raise UserError naming the tensor (out-of-vocabulary ids, non-finite pixels, shapes, counts).
     """
@@ -341,9 +345,12 @@ def prepare(cfg: QwenVLConfig, input_ids, attention_mask=None, pixel_values=None
         "visual": visual, "media": i32(media_id), "frame": i32(frame), "row": i32(row), "col": i32(col),
         "span_index": i32(span), "feature_index": i32(feat),
     }
-    if media:
-        batch["patches"] = np.concatenate([np.asarray(p, np.float32) for p, _ in media], axis=0)
-        batch.update({f"vis_{k}": v for k, v in qwen_vision.index_arrays(vcfg, all_grids).items()})
+    if media:  # packed patch axis and attention blocks padded to shape buckets (see qwen_vision)
+        index = qwen_vision.index_arrays(vcfg, all_grids, qwen_vision.BUCKETS_PER_OCTAVE)
+        patches = np.zeros((index["order"].size, vcfg.patch_dim), np.float32)
+        np.concatenate([np.asarray(p, np.float32) for p, _ in media], axis=0, out=patches[: all_grids.prod(-1).sum()])
+        batch["patches"] = patches
+        batch.update({f"vis_{k}": v for k, v in index.items()})
     return batch
 
 
@@ -355,7 +362,8 @@ def vision_index(batch: Mapping[str, Any]) -> dict:
 
 
 def visual_features(params: VLM, batch: Mapping[str, Any]) -> jax.Array:
-    """Merged visual features (Nm, D) of every image then every video of the batch."""
+    """Merged visual features (Nm, D) of every image then every video of the batch (then the padding merged
+    tokens of the patch bucket, which no feature_index points at)."""
     w, cfg = params.weights, params.config
     return qwen_vision.encode(cfg.vision, w["vision"], w["projector"], batch["patches"], vision_index(batch))
 
