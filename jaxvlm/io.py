@@ -42,7 +42,6 @@ import numpy as np
 
 from converters.core import ConversionError, check_finite, flatten, read_json
 from jaxvlm.config import UnsupportedConfigError
-from jaxvlm.engine import sharding
 from jaxvlm.errors import UserError, one_line
 from jaxvlm.model import VLM, family_module
 
@@ -170,6 +169,8 @@ def _restore(weights_dir: str, shapes: dict, dtype: str, mesh=None, fsdp: bool =
     if not os.path.isdir(weights_dir):
         raise CheckpointNotFoundError(f"{weights_dir}: missing (the orbax weights of this jaxvlm directory)")
 
+    from jaxvlm.engine import sharding
+
     def struct(path, s):
         placed = None if mesh is None else sharding.leaf_sharding(path, s, mesh, fsdp)
         return jax.ShapeDtypeStruct(tuple(s), jnp.dtype(dtype), sharding=placed)
@@ -192,6 +193,8 @@ def _restore(weights_dir: str, shapes: dict, dtype: str, mesh=None, fsdp: bool =
 def _assemble_sharded(mesh, fsdp: bool, path: str, shape: tuple, pieces) -> jax.Array:
     """One leaf built on `mesh` from its (layer, array) pieces (converters.core.convert's `assemble`): each
     piece goes to the devices as its shards only, a stacked leaf is written layer by layer in place."""
+    from jaxvlm.engine import sharding
+
     placed = sharding.leaf_sharding(path.split("/")[-1:], shape, mesh, fsdp)
     first_layer, first = next(pieces)
     if first_layer is None:

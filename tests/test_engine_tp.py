@@ -1,6 +1,7 @@
 """Tensor parallelism on 8 forced CPU devices (a subprocess: XLA_FLAGS must be set before jax starts): weights
-placed by the logical-axis table give the same logits (1e-5 of their scale), tokens and kept sets as one
-device, unpruned and FastV, and each device holds about 1/8 of the weight bytes."""
+placed by the logical-axis table, model=8 and data=2 x model=4 with FSDP, give the same logits (1e-5 of their
+scale), tokens and kept sets as one device, unpruned and FastV, and each device holds about 1/8 of the weight
+bytes."""
 
 from __future__ import annotations
 
@@ -32,26 +33,34 @@ SCRIPT = textwrap.dedent("""
     mask[1, :20] = 0
     pixels = rng.standard_normal((2, 3, 336, 336)).astype(np.float32)
     inputs = dict(input_ids=ids, attention_mask=mask, pixel_values=pixels)
-    mesh = sharding.model_mesh(1, 8)
-    tp = sharding.shard_weights(params, mesh)
     total = sum(w.nbytes for w in jax.tree.leaves(params.weights))
     dev0 = jax.devices()[0]
-    mine = sum(s.data.nbytes for w in jax.tree.leaves(tp.weights) for s in w.addressable_shards if s.device == dev0)
-    assert tp.weights["text"]["layers"]["wq"].sharding.spec == jax.sharding.PartitionSpec(None, None, "model", None)
-    assert total / 8 <= mine <= 0.2 * total, (mine, total)
     one = jaxvlm.forward(params, **inputs).logits
-    many = jaxvlm.forward(tp, **inputs, mesh=mesh).logits
     valid = mask.astype(bool)
     # 1e-5 of the logit scale: the sharded contractions (heads in wo, F in w_down) sum in another order.
     scale = float(np.abs(np.asarray(one)[valid]).max())
-    np.testing.assert_allclose(np.asarray(many)[valid], np.asarray(one)[valid], atol=1e-5 * max(1.0, scale), rtol=0)
-    for sched in (None, prune.fastv(layer=1, keep=64)):
-        a = jaxvlm.generate(params, **inputs, prune=sched, max_new_tokens=6)
-        b = jaxvlm.generate(tp, **inputs, prune=sched, max_new_tokens=6, mesh=mesh)
-        np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
-        for x, y in zip(a.kept, b.kept):
-            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-    print("TP_OK", mine / total)
+    single = {sched: jaxvlm.generate(params, **inputs, prune=sched, max_new_tokens=6)
+              for sched in (None, prune.fastv(layer=1, keep=64))}
+    fractions = []
+    for data, model, fsdp in ((1, 8, False), (2, 4, True)):
+        mesh = sharding.model_mesh(data, model)
+        tp = sharding.shard_weights(params, mesh, fsdp=fsdp)
+        mine = sum(s.data.nbytes for w in jax.tree.leaves(tp.weights) for s in w.addressable_shards
+                   if s.device == dev0)
+        wq = tp.weights["text"]["layers"]["wq"]
+        assert wq.sharding.spec == jax.sharding.PartitionSpec(None, "data" if fsdp else None, "model", None)
+        assert sum(s.data.nbytes for s in wq.addressable_shards if s.device == dev0) * 8 == wq.nbytes
+        assert total / 8 <= mine <= 0.2 * total, (mine, total)
+        fractions.append(mine / total)
+        many = jaxvlm.forward(tp, **inputs, mesh=mesh).logits
+        np.testing.assert_allclose(np.asarray(many)[valid], np.asarray(one)[valid], atol=1e-5 * max(1.0, scale),
+                                   rtol=0)
+        for sched, a in single.items():
+            b = jaxvlm.generate(tp, **inputs, prune=sched, max_new_tokens=6, mesh=mesh)
+            np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
+            for x, y in zip(a.kept, b.kept):
+                np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    print("TP_OK", fractions)
 """)
 
 

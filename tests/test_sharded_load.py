@@ -14,6 +14,8 @@ import sys
 import textwrap
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 SCRIPT = textwrap.dedent("""
     import json, sys, tempfile
@@ -166,3 +168,33 @@ def test_generate_cli_dtype_and_compile_cache(tmp_path, monkeypatch):
         cli.main([str(tmp_path), "--image", str(tmp_path / "missing.png"), "--prompt", "hi",
                   "--compile-cache", str(tmp_path / "cache")])
     assert enabled == [str(tmp_path / "cache")]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_weight_spec_follows_the_table(data):
+    """Every split dimension is divisible by its axis and is a letter the table maps to that axis; each axis is
+    used once; FSDP keeps the model axis where it was and puts "data" on the largest free FSDP letter."""
+    import jax
+
+    from jaxvlm.engine import sharding
+
+    name = data.draw(st.sampled_from(sorted(sharding.WEIGHT_AXES)))
+    letters = sharding.WEIGHT_AXES[name]
+    shape = tuple(data.draw(st.lists(st.sampled_from([1, 2, 3, 4, 6, 8, 12, 16, 28, 64]), min_size=len(letters),
+                                     max_size=len(letters))))
+    sizes = (data.draw(st.sampled_from([1, 2, 4])), data.draw(st.sampled_from([1, 2, 4, 8])))
+    mesh = jax.sharding.AbstractMesh(sizes, (sharding.BATCH_AXIS, sharding.MODEL_AXIS))
+    tp = tuple(sharding.weight_spec(name, shape, mesh)) + (None,) * len(shape)
+    fs = tuple(sharding.weight_spec(name, shape, mesh, fsdp=True)) + (None,) * len(shape)
+    for spec, rules in ((tp, (sharding.LOGICAL_RULES,)), (fs, (sharding.LOGICAL_RULES, sharding.FSDP_RULES))):
+        used = [a for a in spec if a is not None]
+        assert len(used) == len(set(used))
+        for letter, dim, axis in zip(letters, shape, spec):
+            if axis is not None:
+                assert dim % mesh.shape[axis] == 0 and any(r.get(letter) == axis for r in rules)
+    assert [a if a == sharding.MODEL_AXIS else None for a in fs[:len(shape)]] == list(tp[:len(shape)])
+    free = [dim for letter, dim, axis in zip(letters, shape, tp)
+            if axis is None and letter in sharding.FSDP_RULES and dim % mesh.shape[sharding.BATCH_AXIS] == 0]
+    on_data = [dim for dim, axis in zip(shape, fs) if axis == sharding.BATCH_AXIS]
+    assert on_data == ([max(free)] if free else [])
