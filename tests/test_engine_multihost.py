@@ -61,11 +61,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_processes(argvs: list[list[str]], env: dict, timeout_s: float) -> list[tuple[int | None, str]]:
-    """Start every `python -c WORKER argv...` at once; wait for all within one deadline. Returns (rc, log) per
+def run_processes(argvs: list[list[str]], env: dict, timeout_s: float,
+                  worker: str = WORKER) -> list[tuple[int | None, str]]:
+    """Start every `python -c worker argv...` at once; wait for all within one deadline. Returns (rc, log) per
     process, rc None for a process that missed the deadline (it is killed, as is every other one left)."""
     logs = [tempfile.TemporaryFile("w+") for _ in argvs]
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER, *argv], env=env, stdout=log, stderr=subprocess.STDOUT,
+    procs = [subprocess.Popen([sys.executable, "-c", worker, *argv], env=env, stdout=log, stderr=subprocess.STDOUT,
                               text=True) for argv, log in zip(argvs, logs)]
     deadline = time.monotonic() + timeout_s
     try:

@@ -198,3 +198,63 @@ def test_weight_spec_follows_the_table(data):
             if axis is None and letter in sharding.FSDP_RULES and dim % mesh.shape[sharding.BATCH_AXIS] == 0]
     on_data = [dim for dim, axis in zip(shape, fs) if axis == sharding.BATCH_AXIS]
     assert on_data == ([max(free)] if free else [])
+
+
+# argv: process_id num_processes port hf_dir out.npz. Each of 2 processes (2 CPU devices each) loads the same
+# HF directory onto one global data=2 x model=2 mesh with FSDP and writes the replicated weights it sees.
+HOST_WORKER = textwrap.dedent("""
+    import functools, sys
+    pid, n, port, hf_dir, out = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+    import jax, numpy as np
+    from jax._src import xla_bridge
+    xla_bridge._jax.make_gloo_tcp_collectives = functools.partial(
+        xla_bridge._jax.make_gloo_tcp_collectives, hostname="127.0.0.1")
+    jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=n, process_id=pid,
+                               coordinator_bind_address=f"127.0.0.1:{port}", initialization_timeout=120)
+    import jaxvlm
+    from converters.core import flatten
+    from jaxvlm.engine import sharding
+    mesh = sharding.model_mesh(2, 2)
+    params = jaxvlm.load(hf_dir, mesh=mesh, fsdp=True)
+    wq = params.weights["text"]["layers"]["wq"]
+    assert tuple(wq.sharding.spec)[:3] == (None, "data", "model") and not wq.is_fully_addressable
+    full = jax.jit(lambda w: w, out_shardings=sharding.replicated(mesh))(params.weights)
+    np.savez(out, **{k: np.asarray(v.addressable_shards[0].data) for k, v in flatten(full).items()})
+    print("WORKER_OK", pid, flush=True)
+""")
+
+
+@pytest.mark.slow
+def test_two_processes_load_one_sharded_copy(tmp_path):
+    """Loading onto a mesh spanning 2 processes: each places its devices' shards; together they hold the
+    checkpoint exactly (tests/test_engine_multihost.py's harness)."""
+    import json
+
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    import llava_reference as L
+    from converters import table_for
+    from converters.core import export, flatten
+    from jaxvlm.model import random_params
+    from jaxvlm.models import llava
+    from test_engine_multihost import free_port, run_processes
+
+    d = L.hf_config_dict(gqa=False, text_layers=2, vision_layers=2)
+    d["vision_config"]["image_size"] = 112
+    params = random_params(llava.parse_config(d), std=0.2, seed=3)
+    hf_dir = tmp_path / "hf"
+    hf_dir.mkdir()
+    save_file({k: np.ascontiguousarray(v) for k, v in export(table_for(params.config), params.weights, "hub")},
+              str(hf_dir / "model.safetensors"))
+    (hf_dir / "config.json").write_text(json.dumps(d))
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    env["PYTHONPATH"] = os.pathsep.join([tests, os.path.dirname(tests), env.get("PYTHONPATH", "")])
+    port, files = free_port(), [tmp_path / f"process{i}.npz" for i in range(2)]
+    argvs = [[str(i), "2", str(port), str(hf_dir), str(f)] for i, f in enumerate(files)]
+    for (rc, log), f in zip(run_processes(argvs, env, 600, worker=HOST_WORKER), files):
+        assert rc == 0 and "WORKER_OK" in log, f"{f.name}: rc={rc}\n{log[-6000:]}"
+        got = np.load(f)
+        for k, v in flatten(params.weights).items():
+            np.testing.assert_array_equal(got[k], np.asarray(v), err_msg=f"{f.name} {k}")
