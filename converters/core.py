@@ -27,8 +27,12 @@ once as a ConversionError naming missing, unexpected and wrongly shaped tensors.
 
 Readers give `keys()`, `shape(key)`, `get(key) -> np.ndarray` and `where(key)` (the file a tensor is in, for
 error messages): SafetensorsReader (a directory with one file or a sharded index, read tensor by tensor
-through `safe_open`; every unreadable header, shard or index raises a ConversionError naming the file) and
-DictReader (an in-memory state dict).
+through `safe_open`, BF16 tensors from their bytes, all on the host; every unreadable header, shard or index
+raises a ConversionError naming the file) and DictReader (an in-memory state dict).
+
+`convert` fills each leaf on the host and `place`s it; its `assemble` hook instead hands a leaf's per-layer
+pieces (one HF tensor each, read when asked for) to the caller, which jaxvlm.io uses to write them straight
+into device shards.
 
 Non-finite weights (NaN / Inf) are refused by default, naming the tensor and its file: one
 `np.isfinite(t).all()` per tensor as it is read (a trained checkpoint never has them; a corrupt or
@@ -170,6 +174,7 @@ class SafetensorsReader:
                         self._shapes[k] = tuple(sl.get_shape())
                         self._dtypes[k] = sl.get_dtype()
         self._handles: dict[tuple[str, str], object] = {}
+        self._headers: dict[str, tuple[int, dict]] = {}  # file -> (data section start, header), for BF16 reads
 
     def _files(self) -> list[str]:
         """The safetensors files: those an index names (all must exist), else every *.safetensors file."""
@@ -220,12 +225,28 @@ class SafetensorsReader:
     def get(self, key: str) -> np.ndarray:
         fname = self._key_file[key]
         with self._reading(fname, f"data of tensor {key}"):
-            if self._dtypes[key] == "BF16":  # numpy has no bfloat16: read it through the JAX framework
-                return np.asarray(self._handle(fname, "flax").get_tensor(key))
+            if self._dtypes[key] == "BF16":  # safetensors' numpy reader has no bfloat16: read the bytes as it
+                return self._read_bf16(fname, key)
             return self._handle(fname, "np").get_tensor(key)
+
+    def _read_bf16(self, fname: str, key: str) -> np.ndarray:
+        """A BF16 tensor read on the host as ml_dtypes.bfloat16 (the file's little-endian bytes at the offsets
+        its header gives; no device is involved, unlike safetensors' JAX reader)."""
+        with open(os.path.join(self.directory, fname), "rb") as f:
+            if fname not in self._headers:
+                header_len = int.from_bytes(f.read(8), "little")
+                self._headers[fname] = (8 + header_len, json.loads(f.read(header_len)))
+            base, header = self._headers[fname]
+            start, end = header[key]["data_offsets"]
+            f.seek(base + start)
+            data = f.read(end - start)
+        if len(data) != end - start:
+            raise OSError(f"truncated file: tensor {key} needs bytes {start}..{end} of its data section")
+        return np.frombuffer(data, dtype=ml_dtypes.bfloat16).reshape(self._shapes[key])
 
     def close(self) -> None:
         self._handles.clear()
+        self._headers.clear()
 
 
 # ------------------------------------------------------------------------------------------- convert

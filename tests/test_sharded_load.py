@@ -258,3 +258,23 @@ def test_two_processes_load_one_sharded_copy(tmp_path):
         got = np.load(f)
         for k, v in flatten(params.weights).items():
             np.testing.assert_array_equal(got[k], np.asarray(v), err_msg=f"{f.name} {k}")
+
+
+def test_bfloat16_tensors_are_read_on_the_host(tmp_path):
+    """A BF16 checkpoint tensor becomes a host bfloat16 array without passing through a device."""
+    import jax
+    import ml_dtypes
+    import numpy as np
+    import torch
+    from safetensors.torch import save_file
+
+    from converters import SafetensorsReader
+
+    tensors = {"w": torch.randn(6, 5).to(torch.bfloat16), "b": torch.randn(7)}
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    reader = SafetensorsReader(str(tmp_path))
+    with jax.transfer_guard_host_to_device("disallow_explicit"):
+        got = {k: reader.get(k) for k in tensors}
+    assert got["w"].dtype == ml_dtypes.bfloat16 and got["b"].dtype == np.float32
+    for k, t in tensors.items():
+        np.testing.assert_array_equal(got[k].astype(np.float32), t.float().numpy())
