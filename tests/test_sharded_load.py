@@ -278,3 +278,37 @@ def test_bfloat16_tensors_are_read_on_the_host(tmp_path):
     assert got["w"].dtype == ml_dtypes.bfloat16 and got["b"].dtype == np.float32
     for k, t in tensors.items():
         np.testing.assert_array_equal(got[k].astype(np.float32), t.float().numpy())
+
+
+@pytest.mark.parametrize("family", ["llava", "llava_next", "video_llava", "qwen2_vl"])
+def test_image_parallel_inputs_of_every_family(family, monkeypatch):
+    """Under a mesh each family's pixel inputs with an image axis get that axis on "data" (Qwen's packed
+    patches stay as they are) and every weight outside the text decoder, top-level ones such as LLaVA-NeXT's
+    image_newline too, its tensor-parallel sharding; the text weights are left alone."""
+    import jax
+    import jax.numpy as jnp
+
+    import llava_next_reference
+    import llava_reference
+    import qwen_reference
+    import video_llava_reference
+    from converters.core import flatten
+    from jaxvlm import io
+    from jaxvlm.engine import sharding
+    from jaxvlm.plan import abstract_params
+
+    d = {"llava": llava_reference.hf_config_dict, "llava_next": llava_next_reference.hf_config_dict,
+         "video_llava": video_llava_reference.hf_config_dict,
+         "qwen2_vl": lambda: qwen_reference.hf_config_dict("qwen2_vl")}[family]()
+    params = abstract_params(io.parse_hf_config(d), "float32")
+    batch = {"pixel_values": jnp.zeros((4, 3, 8, 8)), "pixel_values_videos": jnp.zeros((2, 8, 3, 8, 8))}
+    constrained = []
+    monkeypatch.setattr(jax.lax, "with_sharding_constraint", lambda x, s: constrained.append((x, s.spec)) or x)
+    out, _ = sharding.image_parallel(params, batch, sharding.model_mesh(1, 1))
+    on_data = [x for x, spec in constrained if spec[:1] == (sharding.BATCH_AXIS,)]
+    assert [x.shape for x in on_data] == [batch[k].shape for k in sharding.IMAGE_AXIS_INPUTS.get(family, ())]
+    towers = {p: w for p, w in flatten(params.weights).items() if not p.startswith("text/")}
+    assert len(constrained) == len(on_data) + len(towers)
+    assert {id(x) for x, _ in constrained} >= {id(w) for w in towers.values()}
+    assert ("image_newline" in towers) == (family == "llava_next")
+    assert out.weights["text"] is params.weights["text"]

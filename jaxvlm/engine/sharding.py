@@ -148,9 +148,8 @@ def image_parallel(params, batch: dict, mesh: Mesh):
     def gathered(path, w):
         return jax.lax.with_sharding_constraint(w, leaf_sharding(path, w.shape, mesh))
 
-    towers = {k: v if k == "text" else jax.tree_util.tree_map_with_path(gathered, v)
-              for k, v in params.weights.items()}
-    return params.replace(weights=towers), batch
+    towers = jax.tree_util.tree_map_with_path(gathered, {k: v for k, v in params.weights.items() if k != "text"})
+    return params.replace(weights={**params.weights, **towers}), batch
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
