@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 SCRIPT = textwrap.dedent("""
-    import json, sys, tempfile
+    import json, os, sys
     import jax, numpy as np
     from jax.sharding import PartitionSpec as P
     jax.config.update("jax_default_matmul_precision", "highest")
@@ -41,20 +41,21 @@ SCRIPT = textwrap.dedent("""
     rng = np.random.default_rng(0)
     weights = jax.tree.map(lambda a: (rng.standard_normal(a.shape) * 0.2).astype(np.float32),
                            random_params(cfg).weights)
-    tmp = tempfile.mkdtemp()
-    hf_dir, jx_dir = tmp + "/hf", tmp + "/jx"
+    hf_dir, jx_dir = sys.argv[1] + "/hf", sys.argv[1] + "/jx"
     tensors = {k: np.ascontiguousarray(v) for k, v in export(table_for(cfg), weights, "hub")}
-    import os; os.makedirs(hf_dir)
+    os.makedirs(hf_dir)
     save_file(tensors, hf_dir + "/model.safetensors")
-    json.dump(d, open(hf_dir + "/config.json", "w"))
+    with open(hf_dir + "/config.json", "w") as f:
+        json.dump(d, f)
     io.save(VLM(weights=weights, config=cfg), jx_dir, hf_config=d)
     largest_hf = max(t.nbytes for t in tensors.values())
     flat_w = flatten(weights)
     MATRICES = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down", "w_fc1", "w_fc2")
     mesh = sharding.model_mesh(2, 4)
 
-    # Instruments: every device_put (host bytes, per-device shard shape) with the largest per-device buffer of
-    # every live array at that moment; every host tensor read.
+    # The HF checkpoint loads with TP + FSDP; instruments: every device_put of a host array (its shape, bytes and
+    # per-device shard shape, with every live array's shape and per-device buffer shape at that moment) and
+    # every host tensor read.
     puts, reads, real_put, real_get = [], [], jax.device_put, SafetensorsReader.get
     def live_buffers():
         return {(a.shape, a.sharding.shard_shape(a.shape)) for a in jax.live_arrays()}
@@ -67,40 +68,39 @@ SCRIPT = textwrap.dedent("""
         reads.append(a.nbytes)
         return a
     jax.device_put, SafetensorsReader.get = put, get
-    for fsdp in (False, True):
-        del puts[:], reads[:]
-        sh = jaxvlm.load(hf_dir, mesh=mesh, fsdp=fsdp)
-        want = flatten(sharding.weight_shardings(weights, mesh, fsdp))
-        got = flatten(sh.weights)
-        for p, w in flat_w.items():
-            assert got[p].sharding.is_equivalent_to(want[p], w.ndim), (p, got[p].sharding, want[p])
-            np.testing.assert_array_equal(np.asarray(got[p]), w, err_msg=p)
-        assert got["text/layers/wq"].sharding.spec[:3] == (None, "data" if fsdp else None, "model")
-        assert max(reads) == largest_hf and max(n for _, n, _, _ in puts) <= largest_hf, (max(reads), largest_hf)
-        big = [p for p in flat_w if "/layers/" in p and p.rsplit("/", 1)[1] in MATRICES]
-        for p in big:  # the stacked matrices (shapes no replicated leaf has)
-            w = flat_w[p]
-            layer_shard = sharding.layer_sharding(want[p]).shard_shape(w.shape[1:])
-            assert layer_shard != w.shape[1:], p
-            for shape, _, placed, live in puts:
-                assert shape != w.shape, f"{p}: the whole stack was sent at once"
-                assert shape != w.shape[1:] or placed == layer_shard, (p, placed, layer_shard)
-                # no live array of this leaf's shape ever had a full-size buffer on a device
-                assert not any(full == w.shape and s == full for full, s in live), p
-        if fsdp:  # the per-device program that writes one layer of wq into its stack never holds a full stack
-            stack = got["text/layers/wq"]
-            layer = real_put(np.zeros(stack.shape[1:], np.float32), sharding.layer_sharding(stack.sharding))
-            text = io._set_layer.lower(stack, layer, np.int32(0), stack.sharding).compile().as_text()
-            full = "f32[" + ",".join(map(str, stack.shape)) + "]"
-            local = "f32[" + ",".join(map(str, stack.sharding.shard_shape(stack.shape))) + "]"
-            assert full not in text and local in text, text[:2000]
+    sh = jaxvlm.load(hf_dir, mesh=mesh, fsdp=True)
     jax.device_put, SafetensorsReader.get = real_put, real_get
-
-    restored = jaxvlm.load(jx_dir, mesh=mesh, fsdp=True)
     want = flatten(sharding.weight_shardings(weights, mesh, True))
+    got = flatten(sh.weights)
+    for p, w in flat_w.items():
+        assert got[p].sharding.is_equivalent_to(want[p], w.ndim), (p, got[p].sharding, want[p])
+        np.testing.assert_array_equal(np.asarray(got[p]), w, err_msg=p)
+    assert got["text/layers/wq"].sharding.spec[:3] == (None, "data", "model")
+    assert max(reads) == largest_hf and max(n for _, n, _, _ in puts) <= largest_hf, (max(reads), largest_hf)
+    for p in [p for p in flat_w if "/layers/" in p and p.rsplit("/", 1)[1] in MATRICES]:
+        w = flat_w[p]  # a stacked matrix (a shape no replicated leaf has)
+        layer_shard = sharding.layer_sharding(want[p]).shard_shape(w.shape[1:])
+        assert layer_shard != w.shape[1:], p
+        for shape, _, placed, live in puts:
+            assert shape != w.shape, f"{p}: the whole stack was sent at once"
+            assert shape != w.shape[1:] or placed == layer_shard, (p, placed, layer_shard)
+            # no live array of this leaf's shape ever had a full-size buffer on a device
+            assert not any(full == w.shape and s == full for full, s in live), p
+    # The per-device program that writes one layer of wq into its stack never holds a full stack.
+    stack = got["text/layers/wq"]
+    layer = jax.device_put(np.zeros(stack.shape[1:], np.float32), sharding.layer_sharding(stack.sharding))
+    text = io._set_layer.lower(stack, layer, np.int32(0), stack.sharding).compile().as_text()
+    full = "f32[" + ",".join(map(str, stack.shape)) + "]"
+    local = "f32[" + ",".join(map(str, stack.sharding.shard_shape(stack.shape))) + "]"
+    assert full not in text and local in text, text[:2000]
+
+    # The orbax copy restores into the tensor-parallel table's shardings (each device reads its shards).
+    restored = jaxvlm.load(jx_dir, mesh=mesh)
+    want_tp = flatten(sharding.weight_shardings(weights, mesh))
     for p, a in flatten(restored.weights).items():
-        assert a.sharding.is_equivalent_to(want[p], a.ndim), (p, a.sharding, want[p])
+        assert a.sharding.is_equivalent_to(want_tp[p], a.ndim), (p, a.sharding, want_tp[p])
         np.testing.assert_array_equal(np.asarray(a), flat_w[p], err_msg=p)
+    assert flatten(restored.weights)["text/layers/wq"].sharding.spec[:3] == (None, None, "model")
 
     # TP + FSDP: per-device bytes of the big matrices are 1/8 of theirs, the logits are one device's ...
     one = jaxvlm.load(hf_dir)
@@ -136,11 +136,12 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_sharded_load_on_eight_devices():
+def test_sharded_load_on_eight_devices(tmp_path):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     tests = os.path.dirname(os.path.abspath(__file__))
     env["PYTHONPATH"] = os.pathsep.join([tests, os.path.dirname(tests), env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], env=env, capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0 and "SHARDED_LOAD_OK" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-5000:]
 
 
