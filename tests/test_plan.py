@@ -4,18 +4,22 @@ FLOPs that follow the schedule, N planned devices in a subprocess, one-line erro
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from jaxvlm import cli, plan
 from jaxvlm.model import family_module
+from jaxvlm.models import decoder
 
 
-def tiny_llava(tmp_path):
+def tiny_llava(tmp_path, **text):
     """The real llava-1.5 config with tiny widths (still 576 visual tokens of a 336-pixel image)."""
     d = json.load(open(plan.__file__.replace("plan.py", "data/configs/llava-1.5-7b-hf.json")))
-    d["text_config"].update(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-                            intermediate_size=128)
+    d["text_config"].update(dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                                 intermediate_size=128), **text)
     d["vision_config"].update(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=3)
     path = tmp_path / "config.json"
     path.write_text(json.dumps(d))
@@ -54,6 +58,24 @@ def test_plan_numbers(tmp_path, capsys):
          "--json", tmp_path / "t.json"], capsys)
     tx = json.loads((tmp_path / "t.json").read_text())
     assert tx["prefill_flops"] < r["prefill_flops"] and tx["decode_flops"] > r["decode_flops"]
+
+
+def test_temp_holds_one_layer_weight_copy(tmp_path):
+    """XLA:CPU copies a layer's weights out of the stack to multiply with them; the program holds one such copy at
+    a time (the scanned layer's), not also the statically indexed last layer's from the program start (which
+    doubled this; decoder.after_value)."""
+    config, _ = plan.read_config(str(tiny_llava(tmp_path, hidden_size=256, num_attention_heads=4,
+                                                num_key_value_heads=4, intermediate_size=8192)))
+    r = plan.plan_program(config, 1, 64, 4, images=0, dtype="float32")
+    t = config.text
+    layer_bytes = 4 * (3 * t.hidden_size * t.intermediate_size + 4 * t.hidden_size ** 2)
+    assert r["temp_bytes"] - r["kv_cache_bytes"] < 1.5 * layer_bytes
+
+
+@settings(max_examples=30, deadline=None)
+@given(value=st.integers(0, 2 ** 31 - 1), x=st.floats(allow_nan=True, allow_infinity=True, width=32))
+def test_after_value_is_the_value(value, x):
+    assert int(decoder.after_value(value, jnp.full((2, 3), x, jnp.float32))) == value
 
 
 def test_plan_devices_in_subprocess(tmp_path, capsys):

@@ -50,19 +50,21 @@ def decode_attention(q_b1nh, k_bksh, v_bksh, valid_bs, tk_bkmh, tv_bkmh, step):
     (slots 0..step, the new token's own key/value already written at `step`).
 
     q (B, 1, N, H); prompt k, v (B, K, S, H) and tail k, v (B, K, M, H), heads-major. Returns (B, 1, N, H).
+    Logits, softmax and the value sums are float32 whatever the cache dtype (as in prefill's attention).
     """
     b, _, n, h = q_b1nh.shape
     kh, m = k_bksh.shape[1], tk_bkmh.shape[2]
     q = q_b1nh.reshape(b, kh, n // kh, h)
     scale = 1.0 / math.sqrt(h)
-    lp = jnp.einsum("BKGH,BKSH->BKGS", q, k_bksh).astype(jnp.float32) * scale
-    lt = jnp.einsum("BKGH,BKMH->BKGM", q, tk_bkmh).astype(jnp.float32) * scale
+    f32 = dict(preferred_element_type=jnp.float32)
+    lp = jnp.einsum("BKGH,BKSH->BKGS", q, k_bksh, **f32) * scale
+    lt = jnp.einsum("BKGH,BKMH->BKGM", q, tk_bkmh, **f32) * scale
     lp = jnp.where(valid_bs[:, None, None, :], lp, MASK_VALUE)
     lt = jnp.where((jnp.arange(m) <= step)[None, None, None, :], lt, MASK_VALUE)
     probs = jax.nn.softmax(jnp.concatenate([lp, lt], axis=-1), axis=-1)
     pp, pt = probs[..., : lp.shape[-1]], probs[..., lp.shape[-1]:]
-    out = jnp.einsum("BKGS,BKSH->BKGH", pp.astype(v_bksh.dtype), v_bksh)
-    out = out + jnp.einsum("BKGM,BKMH->BKGH", pt.astype(tv_bkmh.dtype), tv_bkmh)
+    out = jnp.einsum("BKGS,BKSH->BKGH", pp.astype(v_bksh.dtype), v_bksh, **f32)
+    out = out + jnp.einsum("BKGM,BKMH->BKGH", pt.astype(tv_bkmh.dtype), tv_bkmh, **f32)
     return out.reshape(b, 1, n, h).astype(q_b1nh.dtype)
 
 

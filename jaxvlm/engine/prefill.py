@@ -123,11 +123,12 @@ def resolve_stage(stage, n_in: int, n_visual: int, name: str = "pruning stage"):
 # ------------------------------------------------------------------------------------------- scoring
 
 
-def _layer_weights(layers, index: int) -> dict:
-    """Weights of layer `index` from stacked weights (dict of (L, ...) arrays) or a per-layer list."""
+def _layer_weights(layers, index: int, x_in) -> dict:
+    """Weights of layer `index` from stacked weights (dict of (L, ...) arrays, read once `x_in`, the layer's
+    input, is computed: see decoder.layer_weights) or a per-layer list."""
     if isinstance(layers, (list, tuple)):
         return layers[index]
-    return decoder.layer_weights(layers, index)
+    return decoder.layer_weights(layers, index, after=x_in)
 
 
 def _rows_query(lw: dict, x_btd, positions_pbt, rows_br, cfg: TextConfig):
@@ -257,14 +258,19 @@ def last_valid_slot(valid_bt: jax.Array) -> jax.Array:
 
 
 def _segment_cache(kv, valid, max_new: int) -> SegmentCache:
-    """The built prompt cache plus an empty tail of max_new slots."""
+    """The built prompt cache plus an empty tail of max_new slots, allocated only once the prompt cache is
+    complete (otherwise XLA materialises the zeros at the program start and holds them through prefill)."""
     k, v = kv
     if isinstance(k, list):
         k, v = tuple(k), tuple(v)
-        tail = tuple(jnp.zeros(a.shape[:2] + (max_new,) + a.shape[3:], a.dtype) for a in k)
-        return SegmentCache(k=k, v=v, valid=valid, tail_k=tail, tail_v=tuple(jnp.zeros_like(t) for t in tail))
-    tail = jnp.zeros(k.shape[:3] + (max_new,) + k.shape[4:], k.dtype)
-    return SegmentCache(k=k, v=v, valid=valid, tail_k=tail, tail_v=jnp.zeros_like(tail))
+    first = jax.tree.leaves(k)[-1]
+    zero = decoder.after_value(0, first).astype(first.dtype)
+
+    def tail(a):  # (..., T_i, H) -> zeros (..., max_new, H)
+        return jnp.broadcast_to(zero, a.shape[:-2] + (max_new, a.shape[-1]))
+
+    tails = lambda: jax.tree.map(tail, k)  # noqa: E731
+    return SegmentCache(k=k, v=v, valid=valid, tail_k=tails(), tail_v=tails())
 
 
 def prefill(text_w: dict, cfg: TextConfig, state: TokenState, plan: Plan, embeds=None, pad_fn=None,
@@ -291,14 +297,15 @@ def prefill(text_w: dict, cfg: TextConfig, state: TokenState, plan: Plan, embeds
         if stage is not None and stage.score_layer is not None and stage.score_layer < stop:
             sl = stage.score_layer
             x_in, kv = _run(layers, start, sl, state.x, cos, sin, mask, cfg, kv, start)
-            x, (keys, v) = decoder.layer(_layer_weights(layers, sl), x_in, cos, sin, mask, cfg)
+            lw = _layer_weights(layers, sl, x_in)
+            x, (keys, v) = decoder.layer(lw, x_in, cos, sin, mask, cfg)
             kv = _put(kv, sl - start, keys, v)
             rows, weights = stage.query_rows(state)
-            logits = _row_logits(_layer_weights(layers, sl), x_in, keys, state, rows, cfg)
+            logits = _row_logits(lw, x_in, keys, state, rows, cfg)
             x, kv = _run(layers, sl + 1, stop, x, cos, sin, mask, cfg, kv, start)
         elif last_only and i == len(plan.bounds) - 1 and stop > start:
             x, kv = _run(layers, start, stop - 1, state.x, cos, sin, mask, cfg, kv, start)
-            x_last, (k, v) = decoder.layer_at_rows(_layer_weights(layers, stop - 1), x, cos, sin, mask,
+            x_last, (k, v) = decoder.layer_at_rows(_layer_weights(layers, stop - 1, x), x, cos, sin, mask,
                                                    last_valid_slot(state.valid), cfg)
             kv = _put(kv, stop - 1 - start, k, v)
         else:
@@ -311,7 +318,7 @@ def prefill(text_w: dict, cfg: TextConfig, state: TokenState, plan: Plan, embeds
         if stage is None:
             continue
         if stage.score_layer is not None and stage.score_layer == stage.layer:  # PyramidDrop-style recompute
-            lw = _layer_weights(layers, stage.layer)
+            lw = _layer_weights(layers, stage.layer, state.x)
             keys = _keys(lw, state.x, state.positions, cfg)
             rows, weights = stage.query_rows(state)
             logits = _row_logits(lw, state.x, keys, state, rows, cfg)
