@@ -29,6 +29,7 @@ Output: a JSON (the trend under "trend": `--prune METHOD:trend=FILE`, `prune.deb
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -253,8 +254,8 @@ def release_weights(trend: debias.Trend, span: int) -> np.ndarray:
 
 
 def calibration_samples(data: str, benchmark: str | None, prompt: str | None, n: int, seed: int):
-    """Image samples to calibrate on: a benchmark folder through its harness reader (text-only lines
-    skipped) or a plain image folder asked `prompt`; a seeded random subset of `n` (all when fewer)."""
+    """Samples to calibrate on: a benchmark folder through its harness reader (image and video lines; text-only
+    lines skipped) or a plain image folder asked `prompt`; a seeded random subset of `n` (all when fewer)."""
     from jaxvlm.evaluation.base import Sample
 
     root = Path(data)
@@ -263,7 +264,8 @@ def calibration_samples(data: str, benchmark: str | None, prompt: str | None, n:
     if benchmark:
         from jaxvlm import evaluation
 
-        samples = [s for s in evaluation.benchmark(benchmark).read(root, benchmark=benchmark) if s.image is not None]
+        samples = [s for s in evaluation.benchmark(benchmark).read(root, benchmark=benchmark)
+                   if s.image is not None or s.video is not None]
     else:
         if not prompt:
             raise UserError("--data without --benchmark is a folder of images: give the question with --prompt")
@@ -271,51 +273,102 @@ def calibration_samples(data: str, benchmark: str | None, prompt: str | None, n:
         samples = [Sample(line=i, question_id=f.name, prompt=prompt, image=str(f), source=str(f))
                    for i, f in enumerate(files)]
     if len(samples) < 2:
-        raise UserError(f"--data {data}: {len(samples)} image sample(s); calibration needs at least 2")
+        raise UserError(f"--data {data}: {len(samples)} image / video sample(s); calibration needs at least 2")
     if n < len(samples):
         idx = np.sort(np.random.default_rng(seed).choice(len(samples), n, replace=False))
         samples = [samples[i] for i in idx]
     return samples
 
 
-def encode(processor, sample) -> dict:
-    """One sample's model inputs: the harness's prompt for the model family, its image decoded."""
-    from jaxvlm.evaluation.feed import open_image
-    from jaxvlm.evaluation.prompts import build_prompt
+def encoder(processor, processor_dir: str, benchmark: str | None, samples):
+    """The eval harness's encoder (jaxvlm.evaluation.feed.Encoder: the family's prompt, the image or the
+    video's frames decoded as `jaxvlm eval` does); called as encoder(sample, line).arrays."""
+    from jaxvlm import evaluation, video_inputs
+    from jaxvlm.evaluation import feed
 
-    return processor(text=[build_prompt(processor, sample)], images=[open_image(sample)])
+    bench = evaluation.benchmark(benchmark) if benchmark else None
+    video_cfg = None
+    if processor.family.startswith("qwen") and any(s.video is not None for s in samples):
+        video_cfg = video_inputs.VideoConfig.from_dir(processor_dir, processor.hf.image_processor)
+    return feed.Encoder(processor, bench, video_cfg)
 
 
-def calibrate_model(model: str, data: str, method: str, samples: int = 64, benchmark: str | None = None,
-                    prompt: str | None = None, processor: str | None = None, holdout: float = 0.25,
-                    families=("exponential", "polynomial"), seed: int = 0, params=None):
-    """Run the model over calibration samples, record the stage's own scores (stage_scores.Probe), fit.
+# What a trend's positions are per family (`--per`): the model's span_layout that gives them (None: the
+# family's only layout). The first entry is the family's default (docs/METHOD.md, "Trends on other token counts").
+PER_LAYOUTS = {
+    "llava": {"span": None},
+    "llava_next": {"tile": "tile", "span": "sequence"},
+    "video_llava": {"frame": "frame", "span": "sequence"},
+    "qwen2_vl": {"frame": None},  # Qwen's span_index is the raster index within its image / video frame
+    "qwen2_5_vl": {"frame": None},
+}
 
-    Returns (trend, report, recorded); report names the stage (type, layer, score layer, keep) and the
-    samples (source of each)."""
-    import jaxvlm
-    from experiments.stage_scores import collect, probe_target
+
+def probe_stage(params, method: str, model: str = "the model"):
+    """(stage, pad threshold, pad variant) of the --prune spec's first attention-based stage
+    (stage_scores.probe_target); UserError when there is none or it lies beyond the model's layers."""
+    from experiments.stage_scores import probe_target
     from jaxvlm.prune import parse_schedule
 
     schedule = parse_schedule(method)
     if not schedule:
         raise UserError(f"--prune {method!r}: no pruning stage to calibrate")
     stage, threshold, variant = probe_target(schedule)
-    chosen = calibration_samples(data, benchmark, prompt, samples, seed)
-    params = params or jaxvlm.load(model)
     if stage.layer >= params.config.text.num_layers:
         raise UserError(f"--prune {method!r}: its stage prunes before layer {stage.layer}, but {model} has "
                         f"{params.config.text.num_layers} decoder layers")
-    proc = jaxvlm.Processor.from_pretrained(processor or model)
-    batches = [encode(proc, s) for s in chosen]
-    progress = lambda i, n: print(f"\rcalibration forward {i}/{n}", end="" if i < n else "\n", file=sys.stderr)  # noqa: E731
+    return stage, threshold, variant
+
+
+def with_positions(params, per: str | None):
+    """(params whose span_index is `per`'s positions, the `per` used): --per tile | frame | span, None for the
+    family's default; a `per` the family does not have is a UserError naming the ones it has."""
+    family = params.config.family
+    layouts = PER_LAYOUTS.get(family, {"span": None})
+    per = per or next(iter(layouts))
+    if per not in layouts:
+        raise UserError(f"--per {per}: a {family} model's positions are per {' | '.join(layouts)}")
+    layout = layouts[per]
+    if layout is None or params.config.span_layout == layout:
+        return params, per
+    return params.replace(config=dataclasses.replace(params.config, span_layout=layout)), per
+
+
+def calibrate_batches(params, batches: list, method: str, per: str | None = None, holdout: float = 0.25,
+                      families=("exponential", "polynomial"), seed: int = 0, progress=None):
+    """Record the stage's own scores (stage_scores.Probe) over `batches` (model inputs, one sample per row)
+    with positions grouped `per` frame / tile / span (`with_positions`) and fit. Returns (trend, report,
+    recorded); report names the stage (type, layer, score layer, keep), `per` and the span layout."""
+    from experiments.stage_scores import collect
+
+    stage, threshold, variant = probe_stage(params, method)
+    params, per = with_positions(params, per)
     rec = collect(params, batches, stage, threshold, variant, progress=progress)
     trend, report = choose_family(rec.scores, rec.valid, rec.positions, families, holdout, seed)
-    report.update(model=str(model), data=str(data), benchmark=benchmark, prune=method,
+    report.update(prune=method, per=per, span_layout=getattr(params.config, "span_layout", None),
                   stage={"type": type(stage).__name__, "layer": stage.layer, "score_layer": stage.score_layer,
                          "keep": stage.keep, "pad_threshold": threshold, "pad_variant": variant},
-                  sample_sources=[s.source for s in chosen],
                   visual_tokens_per_sample=[int((p >= 0).sum()) for p in rec.positions])
+    return trend, report, rec
+
+
+def calibrate_model(model: str, data: str, method: str, samples: int = 64, benchmark: str | None = None,
+                    prompt: str | None = None, processor: str | None = None, holdout: float = 0.25,
+                    families=("exponential", "polynomial"), seed: int = 0, params=None, per: str | None = None):
+    """Run the model over calibration samples (images or videos, encoded by the eval harness) and fit
+    (`calibrate_batches`). Returns (trend, report, recorded); report also names the samples (source of each)."""
+    import jaxvlm
+
+    chosen = calibration_samples(data, benchmark, prompt, samples, seed)
+    params = params or jaxvlm.load(model)
+    probe_stage(params, method, model)  # refused before the processor loads and anything runs
+    with_positions(params, per)
+    proc = jaxvlm.Processor.from_pretrained(processor or model)
+    enc = encoder(proc, processor or model, benchmark, chosen)
+    batches = [enc(s, i).arrays for i, s in enumerate(chosen)]
+    progress = lambda i, n: print(f"\rcalibration forward {i}/{n}", end="" if i < n else "\n", file=sys.stderr)  # noqa: E731
+    trend, report, rec = calibrate_batches(params, batches, method, per, holdout, families, seed, progress)
+    report.update(model=str(model), data=str(data), benchmark=benchmark, sample_sources=[s.source for s in chosen])
     return trend, report, rec
 
 
@@ -343,6 +396,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prune", default="debiased_fastv",
                     help="model mode: the method whose first attention-based stage is calibrated (a --prune spec)")
     ap.add_argument("--samples", type=int, default=64, help="model mode: calibration samples (seeded subset)")
+    ap.add_argument("--per", choices=("frame", "tile", "span"), default=None,
+                    help="model mode: positions the trend is a function of - within each video frame (Video-LLaVA, "
+                         "Qwen), each tile (LLaVA-NeXT) or the whole visual span; default by family: tile for "
+                         "LLaVA-NeXT, frame for Video-LLaVA and Qwen, span for LLaVA-1.5")
     ap.add_argument("--families", default="exponential,polynomial",
                     help="model mode: candidate families, chosen by held-out error")
     ap.add_argument("--family", default="exponential", choices=debias.FAMILIES, help="npz mode: trend family")
@@ -372,10 +429,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.samples < 2:
             raise UserError(f"--samples {args.samples}: need at least 2 (some are held out)")
         trend, report, rec = calibrate_model(args.model, args.data, args.prune, args.samples, args.benchmark,
-                                             args.prompt, args.processor, args.holdout, families, args.seed)
+                                             args.prompt, args.processor, args.holdout, families, args.seed,
+                                             per=args.per)
         scores, mask, positions = rec.scores, rec.valid, rec.positions
         title = f"calibration: {args.prune} on {args.model}"
-        print(f"stage: {report['stage']}; candidates (held-out R^2): "
+        print(f"stage: {report['stage']}; positions per {report['per']}; candidates (held-out R^2): "
               + ", ".join(f"{k} {v['holdout_r2']:.3f}" for k, v in report["candidates"].items())
               + f"; chosen {trend.family}")
     else:
