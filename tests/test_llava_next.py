@@ -8,6 +8,8 @@ real 336px geometry (1,176-2,928 tokens per image).
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -221,7 +223,8 @@ def test_tolerance_catches_bugs(models, left_case, monkeypatch):
     wrong_pin = llava_next.prepare(cfg, **inputs)
     monkeypatch.undo()
     assert (wrong_pin["feature_index"] != batch["feature_index"]).any()
-    bugs = {"pinpoint tie": diff(wrong_pin), "newline first": diff(newline_first(batch, cfg.vision.grid**2))}
+    seq = llava_next.prepare(dataclasses.replace(cfg, span_layout="sequence"), **inputs)  # newline_first's rows
+    bugs = {"pinpoint tie": diff(wrong_pin), "newline first": diff(newline_first(seq, cfg.vision.grid**2))}
     print({k: f"{v:.2e}" for k, v in bugs.items()}, f"correct: {correct:.2e}")
     assert correct < ATOL
     for name, d in bugs.items():

@@ -155,10 +155,13 @@ def cfg():
 
 
 def test_prepare_token_layout(cfg):
-    """One 60x240 image (1 x 3 tiles of 8 x 8, rows 1..6 kept): 64 base tokens, then 6 rows of 24 + newline."""
+    """One 60x240 image (1 x 3 tiles of 8 x 8, rows 1..6 kept): 64 base tokens, then 6 rows of 24 + newline
+    (span_layout "sequence"; the default "tile" in test_tile_span_layout)."""
+    import dataclasses
+
     params = random_params(cfg)
     inputs = make_inputs(params, sizes=((60, 240),), text=(10,), padding="right")
-    b = llava_next.prepare(cfg, **inputs)
+    b = llava_next.prepare(dataclasses.replace(cfg, span_layout="sequence"), **inputs)
     vis = b["visual"][0]
     assert vis.sum() == 64 + 6 * 25 and b["pixel_values"].shape == (4, 3, 112, 112)
     fi, row, col, span = (b[k][0][vis] for k in ("feature_index", "row", "col", "span_index"))
@@ -194,21 +197,24 @@ def test_kept_maps_place_tokens_on_the_tiles(cfg):
 
 
 def test_tile_span_layout(cfg):
-    """span_layout "tile": raster index within the token's own tile, newlines not detrended (-1)."""
+    """span_layout "tile" (the default): raster index within the token's own tile; a newline takes the index
+    of the patch it follows (row / col -1)."""
     import dataclasses
 
-    tile_cfg = dataclasses.replace(cfg, span_layout="tile")
+    assert cfg.span_layout == "tile"
     inputs = make_inputs(random_params(cfg), sizes=((60, 240),), text=(10,))
-    b = llava_next.prepare(tile_cfg, **inputs)
+    b = llava_next.prepare(cfg, **inputs)
     vis = b["visual"][0]
     span, row, col = (b[k][0][vis] for k in ("span_index", "row", "col"))
     grid = span[64:].reshape(6, 25)
-    assert (grid[:, 24] == -1).all() and (row[64:].reshape(6, 25)[:, 24] == -1).all()
+    np.testing.assert_array_equal(grid[:, 24], grid[:, 23])
+    assert (row[64:].reshape(6, 25)[:, 24] == -1).all()
     np.testing.assert_array_equal(grid[0, :8], 8 + np.arange(8))  # patch row 1 of tile 1
     np.testing.assert_array_equal(grid[0, 8:16], 8 + np.arange(8))  # and of tile 2
     np.testing.assert_array_equal(span[:64], np.arange(64))
-    assert (span[span >= 0] == row[span >= 0] * 8 + col[span >= 0]).all()
-    np.testing.assert_array_equal(b["feature_index"], llava_next.prepare(cfg, **inputs)["feature_index"])
+    assert (span[row >= 0] == row[row >= 0] * 8 + col[row >= 0]).all()
+    seq = llava_next.prepare(dataclasses.replace(cfg, span_layout="sequence"), **inputs)
+    np.testing.assert_array_equal(b["feature_index"], seq["feature_index"])
 
 
 def test_prepare_errors_name_the_input(cfg):

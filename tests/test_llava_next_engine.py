@@ -97,8 +97,8 @@ def test_fastv_cached_decode_matches_transformers_with_masked_layers(models, inp
 def test_debiased_fastv_detrends_span_positions_without_padding_mask(models, inputs):
     """prune.debiased on LLaVA-NeXT: no pad-to-square mask exists (prepare returns no image_sizes, so
     StageContext.pad is all False: padding=True changes nothing), and recency detrending reads span_index
-    (the index in the image's token run by default): a trend falling with position (weights rising) moves the
-    kept set towards the end of every image."""
+    (the raster index within its 8 x 8 tile by default): a trend falling with position (weights rising) moves
+    the kept set towards the end of every tile."""
     _, params, _ = models
     plain = np.asarray(jaxvlm.forward(params, **inputs, prune=prune.fastv(layer=2, keep=48)).kept[0])
     pad_only = prune.debiased(prune.fastv(layer=2, keep=48), recency=False, padding=True, pad_threshold=0.5)
@@ -108,7 +108,7 @@ def test_debiased_fastv_detrends_span_positions_without_padding_mask(models, inp
     kept = np.asarray(jaxvlm.forward(params, **inputs, prune=late).kept[0])
     span = llava_next.prepare(params.config, **inputs)["span_index"]
     rows = np.arange(kept.shape[0])[:, None]
-    assert span[rows, kept].mean() > span[rows, plain].mean() + 20
+    assert span[rows, kept].mean() > span[rows, plain].mean() + 10  # of 0..63
 
 
 def test_visionzip_reads_each_tiles_cls_attention(models, inputs):

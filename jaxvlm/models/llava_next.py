@@ -19,10 +19,14 @@ Features fill the image tokens in order (row-major over (B, T)), like transforme
 
 Token metadata (decisions and reasons: docs/PORTING.md, "LLaVA-NeXT and Video-LLaVA token layouts"): every
 image token is visual, newlines included (prunable); media = image index; frame 0; `span_layout` chooses the
-detrending positions: "sequence" (default) = index within the image's token run (row/col = position in its
-section grid, base G x G or unpadded rows x (cols + 1), newline col = cols); "tile" = raster index within
-its S-px tile (row/col within the tile; newlines -1, not detrended). No pad-to-square mask is built (the base
-tile is squashed, not padded; the grid's padding is cut), so `prepare` returns no `image_sizes`.
+detrending positions: "tile" (default) = raster index within its S-px tile, the base tile and every grid tile
+alike (row/col within the tile, -1 for newlines; a newline's span_index is the one of the patch it follows, so
+it is detrended like its neighbour instead of left raw among down-weighted patches), so a trend fitted over
+LLaVA-1.5's G*G = 576 positions applies to every tile within its range (docs/METHOD.md, "Trends on other
+token counts");
+"sequence" = index within the image's token run (row/col = position in its section grid, base G x G or
+unpadded rows x (cols + 1), newline col = cols). No pad-to-square mask is built (the base tile is squashed,
+not padded; the grid's padding is cut), so `prepare` returns no `image_sizes`.
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ class LlavaNextConfig(llava.LlavaConfig):
     """LlavaConfig (tower, feature layers, projector, text) plus the any-resolution grid."""
 
     image_grid_pinpoints: tuple[tuple[int, int], ...] = DEFAULT_PINPOINTS  # (height, width) each
-    span_layout: str = "sequence"  # detrending positions, see module docstring
+    span_layout: str = "tile"  # detrending positions, see module docstring
     family: str = "llava_next"
 
 
@@ -197,7 +201,7 @@ def image_tokens(layout: GridLayout, first_tile: int, newline_row: int, span_lay
     elif span_layout == "tile":
         row = np.where(newline, -1, np.concatenate([base // g, rr % g]))
         col = np.where(newline, -1, np.concatenate([base % g, c_in % g]))
-        span = np.where(newline, -1, row * g + col)
+        span = np.concatenate([base, (rr % g) * g + c_in % g])  # a newline: the position of the patch it follows
     else:
         raise ValueError(f"span_layout {span_layout!r} is not one of {SPAN_LAYOUTS}")
     return {"source": source, "newline": newline, "row": row, "col": col, "span_index": span}
