@@ -150,6 +150,7 @@ def test_calibrate_model_recovers_planted_trend_end_to_end(tmp_path, capsys):
     assert "chosen exponential" in printed and "9 fit, 3 held out" in printed
     report = json.loads(out.read_text())
     assert report["stage"]["type"] == "FastV" and report["stage"]["score_layer"] == 1
+    assert report["per"] == "span" and "positions per span" in printed  # LLaVA-1.5: one span per image
     assert report["padding_excluded"] > 0  # the non-square images' padding patches (engine's pad flags)
     trend = debias.load_trend(out)
     assert abs(trend.params[1] / slope - 1) < 0.05, (trend.params, slope)

@@ -50,6 +50,7 @@ def test_presets_bind_the_family_default_at_plan_time(preset):
     sched = preset()
     release = sched[0].trend
     assert sched[0].default_trend and release.span == 576
+    assert plan_stage(llava, sched) == plan_stage(llava, preset(trend="release"))  # one compiled program
     assert plan_stage(llava, sched).trend == release
     bound = plan_stage(qwen, sched)
     assert isinstance(bound.trend, debias.SelfTrend) and not bound.default_trend

@@ -109,10 +109,11 @@ class Debiased:
         """The engine's plan-time hook (before `resolve`): a preset's default trend for the model it runs on.
         text_config: the language model's `jaxvlm.config.TextConfig`; M-RoPE (`rope.mrope_section`, i.e. the
         Qwen2-VL / Qwen2.5-VL families) gets `debias.SelfTrend()`, every other model keeps the release's trend.
-        An explicitly given trend is never replaced."""
-        if not (self.default_trend and self.recency) or not uses_mrope(text_config):
+        An explicitly given trend is never replaced; the bound stage equals the one built with its trend given."""
+        if not (self.default_trend and self.recency):
             return self
-        return dataclasses.replace(self, trend=debias.SelfTrend(), default_trend=False)
+        trend = debias.SelfTrend() if uses_mrope(text_config) else self.trend
+        return dataclasses.replace(self, trend=trend, default_trend=False)
 
     def resolve(self, n_in: int, n_visual: int) -> "Debiased":
         """Forward the engine's count resolution (jaxvlm.prune.base) to the inner stage, keeping the wrapper."""
