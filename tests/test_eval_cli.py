@@ -135,3 +135,35 @@ def test_schedules_take_the_benchmarks_release_trend_and_are_checked_first():
                                                                   ("fastv:keep=64", prune.parse_schedule("fastv:keep=64"))]
     with pytest.raises(UserError, match="write the same folder"):
         parse_schedules(["fastv:keep=64", "fastv:keep=64"], "gqa")
+
+
+@pytest.mark.slow  # four compiles of the tiny Qwen2-VL
+def test_qwen_patch_buckets_show_in_the_compile_counts(qwen_dir, tmp_path, capsys, monkeypatch):
+    """POPE on photos of 60 and 64 patches (batches of 2: 120..128 patches, one patch bucket, one prompt
+    bucket): one program with the buckets, one per distinct patch count without; the count and its seconds
+    are printed per schedule and land in the summary."""
+    import jax
+    from PIL import Image
+
+    from jaxvlm.models import qwen_vision
+
+    data = classic.make_pope(tmp_path / "eval")
+    for name, size in zip(classic.POPE_IMAGES, [(140, 84), (112, 112), (224, 56)]):  # (w, h): 3x5, 4x4, 8x2 merged
+        path = data / "val2014" / name
+        Image.open(path).convert("RGB").resize(size).save(path)
+    counts = {}
+    for per_octave in (0, 4):
+        monkeypatch.setattr(qwen_vision, "BUCKETS_PER_OCTAVE", per_octave)
+        jax.clear_caches()  # the 64 + 64 patch batch has the bucket's shapes: count it again
+        out = tmp_path / f"out{per_octave}"
+        rc, stdout, err = run(["eval", "pope", "--data", str(data), "--model", str(qwen_dir), "--out", str(out),
+                               "--batch-size", "2", "--max-new-tokens", "2", "--no-progress"], capsys)
+        assert rc == 0, err
+        run_log = json.loads((out / "pope" / "none" / "answers.jsonl.run.json").read_text())["runs"][-1]
+        counts[per_octave] = run_log["compiles"]
+        assert f"{run_log['compiles']} program(s) compiled, {run_log['compile_seconds']:.1f} s)" in stdout
+        assert f"none: {run_log['compiles']} program(s) compiled (" in err
+        table = (out / "summary.md").read_text()
+        assert f"| none | {run_log['compiles']} / {run_log['compile_seconds']:.1f} |" in table
+    print(f"\nPOPE on photos of 60 / 64 patches, batches of 2: {counts[0]} programs exact, {counts[4]} bucketed")
+    assert counts[4] == 1 < counts[0]

@@ -214,13 +214,21 @@ EIGHT = textwrap.dedent("""
     import jax
     jax.config.update("jax_default_matmul_precision", "highest")
     assert jax.device_count() == 8, jax.devices()
+    import jaxvlm
     from jaxvlm import evaluation
     from jaxvlm.evaluation import cli
     evaluation.BENCHMARKS["fakeqa"] = "evalfake"
-    for mesh in ("data=8", "data=2,model=4", "data=1"):
+    load, loads = jaxvlm.load, []
+    def recorded(path, **kw):  # the mesh and fsdp eval loads the weights into
+        loads.append([None if kw["mesh"] is None else dict(kw["mesh"].shape), kw["fsdp"]])
+        return load(path, **kw)
+    jaxvlm.load = recorded
+    for mesh in ("data=8", "data=2,model=4", "data=2,model=4+fsdp", "data=1"):
         cli.eval_main(["fakeqa", "--data", {data!r}, "--model", {model!r}, "--out", os.path.join({out!r}, mesh),
                        "--prune", "none", "debiased_fastv:layer=1,keep=32", "--batch-size", "8",
-                       "--max-new-tokens", "3", "--dtype", "float32", "--no-progress", "--mesh", mesh])
+                       "--max-new-tokens", "3", "--dtype", "float32", "--no-progress",
+                       "--mesh", mesh.split("+")[0]] + (["--fsdp"] if "fsdp" in mesh else []))
+    print("LOADS", json.dumps(loads))
     print("EIGHT_OK")
 """)
 
@@ -233,9 +241,12 @@ def test_eight_devices_answer_as_one(llava_dir, tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600,
                           cwd=TESTS.parent)
     assert "EIGHT_OK" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-4000:]
+    loads = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("LOADS"))[6:])
+    assert loads == [[{"data": 8}, False], [{"data": 2, "model": 4}, False], [{"data": 2, "model": 4}, True],
+                     [None, False]]  # the weights loaded straight into their shards
     for slug in ("none", "debiased_fastv-layer=1-keep=32"):
         one = [a["text"] for a in answers_of(tmp_path / "data=1", slug)]
-        for mesh in ("data=8", "data=2,model=4"):
+        for mesh in ("data=8", "data=2,model=4", "data=2,model=4+fsdp"):
             got = [a["text"] for a in answers_of(tmp_path / mesh, slug)]
             assert len(got) == 11 and got == one, mesh
 

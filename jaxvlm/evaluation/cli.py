@@ -1,6 +1,7 @@
 """`jaxvlm eval` and `jaxvlm score`: the evaluation harness's command line (API.md "Evaluation").
 
     jaxvlm eval BENCH --data DIR --model CKPT --prune SPEC [SPEC ...] --out DIR [--batch-size N] [--limit N]
+                [--dtype float32|bfloat16] [--mesh data=D,model=M] [--fsdp] [--compile-cache DIR]
     jaxvlm score BENCH --data DIR --answers FILE [--json OUT]
 
 `jaxvlm eval` answers every question of BENCH under each schedule (the model loaded once) into
@@ -104,9 +105,16 @@ def eval_main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=None, help="default: LLaVA-1.5's for the benchmark")
     p.add_argument("--image-folder", default=None, help="images folder (default: the layout's standard one)")
     p.add_argument("--variant", choices=("llava", "lmms"), default="llava", help="prompts as LLaVA-1.5 or lmms-eval")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                   help="weights dtype (default: bfloat16 on GPU / TPU, float32 on CPU)")
     p.add_argument("--mesh", default=None,
-                   help="data=D[,model=M]: D-way data parallel (default: all devices / M), M-way tensor parallel")
+                   help="data=D[,model=M]: D-way data parallel (default: all devices / M), M-way tensor parallel "
+                   "(the weights loaded straight into their shards)")
+    p.add_argument("--fsdp", action="store_true",
+                   help="also shard the weights over the data axis (FSDP; gathered per layer when used)")
+    p.add_argument("--compile-cache", metavar="DIR", default=None,
+                   help="persistent compilation cache directory, reused by later runs (default: "
+                   "$JAXVLM_COMPILE_CACHE, else none)")
     p.add_argument("--distributed", action="store_true",
                    help="multi-host: jax.distributed.initialize() (cluster auto-detected) before anything else")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -116,7 +124,11 @@ def eval_main(argv: list[str] | None = None) -> int:
 
         jax.distributed.initialize()
 
+    from jaxvlm import compile_cache
     from jaxvlm.evaluation import runner, summary
+
+    # before anything compiles: jax decides at a process's first compile whether the persistent cache is used
+    compile_cache.enable_from(args.compile_cache)
 
     _existing_dir("--data", args.data)
     _existing_dir("--model", args.model)
@@ -132,12 +144,13 @@ def eval_main(argv: list[str] | None = None) -> int:
         schedules=parse_schedules(args.prune, args.benchmark), out=args.out, processor=args.processor,
         batch_size=args.batch_size, limit=args.limit, skip_bad=args.skip_bad, overwrite=args.overwrite,
         max_new_tokens=args.max_new_tokens, image_folder=args.image_folder, variant=args.variant,
-        dtype=args.dtype, mesh_size=data_size, model_size=model_size,
+        dtype=args.dtype, mesh_size=data_size, model_size=model_size, fsdp=args.fsdp,
         progress=not args.no_progress)
     stats = runner.run(job)
     for s in stats:
         rate = f"{s['samples'] / s['seconds']:.2f} samples/s" if s["seconds"] else "no new answers"
-        print(f"{args.benchmark} {s['slug']}: {s['lines']}/{s['questions']} answered ({rate}) -> {s['answers']}")
+        print(f"{args.benchmark} {s['slug']}: {s['lines']}/{s['questions']} answered ({rate}; {s['compiles']} "
+              f"program(s) compiled, {s['compile_seconds']:.1f} s) -> {s['answers']}")
     import jax
 
     if jax.process_index() == 0:

@@ -10,7 +10,11 @@ schedule that still needs its rows. Each schedule writes `<out>/<bench>/<slug>/a
 
 Devices: data-parallel over this process's devices (`mesh_size` of them, default all) through
 jaxvlm.engine.sharding.data_mesh; with `model_size` > 1 a (data x model) mesh whose model axis splits the
-weights (sharding.model_mesh / shard_weights, tensor parallelism for models one device cannot hold). Multi-host (jax.distributed initialised before the run): process p answers
+weights (sharding.model_mesh, tensor parallelism for models one device cannot hold; `fsdp` also splits them
+over the data axis). `jaxvlm.load(..., mesh=)` reads each weight straight into its shards. `dtype` None is
+jaxvlm.io.default_dtype() (bfloat16 on accelerators, float32 on CPU), resolved before the run identity.
+Compiles are counted per schedule (TRACE_COUNTS of the generate program; Qwen's patch-count buckets keep them
+to about one per prompt bucket) with their wall seconds, excluded from samples/s. Multi-host (jax.distributed initialised before the run): process p answers
 the contiguous chunk p of ceil(n / P) questions (LLaVA's --chunk-idx split) on its own devices into
 `answers.<p>.jsonl`; after a barrier, process 0 merges complete shards in order into `answers.jsonl`.
 Decoding is greedy; an answer is `batch_decode(tokens up to the first EOS, skip_special_tokens=True).strip()`.
@@ -48,9 +52,10 @@ class EvalJob:
     max_new_tokens: int | None = None  # default: the benchmark's MAX_NEW_TOKENS
     image_folder: str | None = None
     variant: str = "llava"
-    dtype: str = "bfloat16"
+    dtype: str | None = None  # None: bfloat16 on accelerators, float32 on CPU
     mesh_size: int | None = None  # devices on the data axis (default: all / model)
     model_size: int = 1  # devices on the model axis (tensor parallelism)
+    fsdp: bool = False  # weights also sharded over the data axis
     progress: bool = True
 
 
@@ -154,8 +159,9 @@ def run(job: EvalJob) -> list[dict]:
     """Run `job`; returns one stats dict per schedule (slug, answers path, samples, seconds, compiles, ...)."""
     import jax
 
-    from jaxvlm import evaluation
+    from jaxvlm import evaluation, io
 
+    job = dataclasses.replace(job, dtype=job.dtype or io.default_dtype())
     bench = evaluation.benchmark(job.benchmark)
     max_new = int(job.max_new_tokens or bench.MAX_NEW_TOKENS)
     if max_new < 1:
@@ -243,13 +249,10 @@ def _generate(job, bench, processor, proc_dir, samples, tasks, first, stop, max_
 
     status(f"loading {job.model} ({job.dtype})")
     t0 = time.perf_counter()
-    params = jaxvlm.load(job.model, dtype=job.dtype)
-    if mesh is not None:  # weights split over the model axis by the logical-axis table, replicated over data
-        from jaxvlm.engine.sharding import shard_weights
-
-        params = shard_weights(params, mesh)
+    params = jaxvlm.load(job.model, dtype=job.dtype, mesh=mesh, fsdp=job.fsdp)
     status(f"loaded in {time.perf_counter() - t0:.1f} s; {len(lines)} questions x {len(tasks)} schedule(s), "
-           f"batch {batch_size} on {n_dev * job.model_size} device(s) (data {n_dev} x model {job.model_size})")
+           f"batch {batch_size} on {n_dev * job.model_size} device(s) (data {n_dev} x model {job.model_size}"
+           f"{', fsdp' if job.fsdp and mesh is not None else ''})")
     tok = processor.tokenizer
     eos = eos_ids(job.model, tok)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else (eos[0] if eos else 0)
@@ -305,6 +308,9 @@ def _generate(job, bench, processor, proc_dir, samples, tasks, first, stop, max_
                         samples=t.samples, seconds=t.seconds, compile_seconds=t.compile_seconds,
                         compiles=t.compiles, batch_size=batch_size, devices=n_dev, wall_seconds=wall,
                         host_wait_seconds=prefetch.wait_seconds, lines=t.store.done)
+    for t in tasks:
+        status(f"{schedule_slug(t.spec)}: {t.compiles} program(s) compiled ({t.compile_seconds:.1f} s for the "
+               f"batches that compiled); {t.samples} more answers in {t.seconds:.1f} s")
     status(f"done in {wall:.1f} s; {sum(t.compiles for t in tasks)} program(s) compiled; the device waited "
            f"{prefetch.wait_seconds:.1f} s for the host")
 

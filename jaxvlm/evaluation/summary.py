@@ -7,7 +7,8 @@ Per row: the benchmark's headline metric (HEADLINE; None where the set is server
 answers are incomplete, with the reason in `note`), mean kept visual tokens per answer (the last pruning
 stage's count; all visual tokens unpruned), samples/s (generation only, compiles excluded, over every run
 of the sidecar), and the prefill FLOPs ratio to the unpruned model (experiments.bench's per-layer model over
-the answered lines' real token counts and the schedule's stage layers).
+the answered lines' real token counts and the schedule's stage layers); below the table, the programs each
+schedule compiled and the wall seconds of the batches that compiled them (over every run of the sidecar).
 """
 
 from __future__ import annotations
@@ -95,6 +96,8 @@ def collect(out_dir: str | Path) -> list[dict]:
             "answers": len(answers), "kept_tokens": kept_tokens(answers),
             "samples_per_s": samples / seconds if seconds else None,
             "flops_ratio": flops_ratio(answers, last.get("stage_layers", []), last.get("text_model", {})),
+            "compiles": sum(r.get("compiles", 0) for r in runs),
+            "compile_seconds": sum(r.get("compile_seconds", 0.0) for r in runs),
             "path": str(path),
         })
     return rows
@@ -121,7 +124,13 @@ def markdown(rows: list[dict]) -> str:
             cells.append(" / ".join(parts))
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
     notes = sorted({f"- {r['benchmark']} / {r['schedule']}: {r['note']}" for r in rows if r["note"]})
-    return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
+    compiles = ["", "programs compiled / seconds of the batches that compiled them", "",
+                "| schedule | " + " | ".join(benches) + " |", "|---|" + "---|" * len(benches)]
+    for s in schedules:
+        cells = [f"{cell[(s, b)]['compiles']} / {cell[(s, b)]['compile_seconds']:.1f}" if (s, b) in cell else ""
+                 for b in benches]
+        compiles.append(f"| {s} | " + " | ".join(cells) + " |")
+    return "\n".join(lines + compiles + ([""] + notes if notes else [])) + "\n"
 
 
 def plot(rows: list[dict], path: Path) -> None:
