@@ -1,6 +1,8 @@
 """Schedules from command-line strings: `name[:key=value,...]`, e.g. `debiased_fastv:keep=64,setting="padding"`
 or `pdrop:layers=2/10/20,ratios=.32/.16/.08` (`/` separates tuple items; values are Python literals).
-`trend=FILE` takes a trend JSON (`jaxvlm calibrate`'s output) wherever a trend is accepted."""
+`trend=FILE` takes a trend JSON (`jaxvlm calibrate`'s output) wherever a trend is accepted; `trend=self` is the
+calibration-free `debias.SelfTrend`, and in the debiased presets `trend=release` the release's LLaVA-1.5 trend
+(without `trend` a preset uses its per-family default, jaxvlm.prune.debiased)."""
 
 from __future__ import annotations
 
