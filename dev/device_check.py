@@ -26,15 +26,17 @@ failure of its section; `--in-process` runs them here, for tests and debugging):
 
 Compile seconds are the first call minus the median call; every timed call ends in block_until_ready.
 `--smoke` shrinks every shape (tiny configs, T=320 kernels, one head layout) so the check runs on a CPU in a
-few minutes; it checks the machinery, not a device. Writes DIR/device_check.json (default DIR: device_check/).
+few minutes; it checks the machinery, not a device. Writes DIR/device_check.json (default: runs/device_check).
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -87,7 +89,7 @@ class Sizes:
     mfu_lengths: tuple
     kernel_masks: tuple = ("left_pad", "right_pad", "pruned", "windows")
     kernel_dtypes: tuple = ("bfloat16", "float32")
-    kernel_paths: tuple | None = None  # None: every path of the backend (kernel_paths())
+    kernel_paths: tuple | None = None  # None: every path of the backend (backend_paths())
 
 
 FULL = Sizes(kernel_batch=2, kernel_lengths=(512, 4096), kernel_heads=((32, 32), (28, 4)), reps=5,
@@ -150,28 +152,30 @@ def llava_config(text: dict, vision: dict):
 
 
 def device_weights(abstract, seed: int = 0, std: float = 0.02):
-    """Random weights shaped as `abstract` (a pytree of ShapeDtypeStruct) drawn on the device in one program:
-    norm scales 1, everything else N(0, std) in its dtype (no host copy, so 7B-shaped stacks build in seconds;
-    the values only have to be finite for this check)."""
+    """Random weights shaped as `abstract` (a pytree of ShapeDtypeStruct) drawn on the device one leaf at a
+    time (no host copy, and no scratch beyond one leaf: the planner's peak stays the program's): norm scales 1,
+    everything else N(0, std) in its dtype (the values only have to be finite for this check)."""
+    import functools
+
     import jax
     import jax.numpy as jnp
 
+    @functools.partial(jax.jit, static_argnums=(1, 2))
+    def normal(key, shape, dtype):
+        return jax.random.normal(key, shape, dtype) * jnp.asarray(std, dtype)
+
     flat, tree = jax.tree_util.tree_flatten_with_path(abstract)
-
-    def build(key):
-        keys = jax.random.split(key, len(flat))
-        leaves = [jnp.ones(s.shape, s.dtype) if "norm" in str(path[-1]) else
-                  jax.random.normal(k, s.shape, s.dtype) * jnp.asarray(std, s.dtype)
-                  for k, (path, s) in zip(keys, flat)]
-        return jax.tree_util.tree_unflatten(tree, leaves)
-
-    return jax.block_until_ready(jax.jit(build)(jax.random.key(seed)))
+    keys = jax.random.split(jax.random.key(seed), len(flat))
+    leaves = [jax.block_until_ready(jnp.ones(s.shape, s.dtype) if "norm" in str(path[-1]) else
+                                    normal(k, tuple(s.shape), jnp.dtype(s.dtype)))
+              for k, (path, s) in zip(keys, flat)]
+    return jax.tree_util.tree_unflatten(tree, leaves)
 
 
 # ------------------------------------------------------------------------------------------ kernels
 
 
-def kernel_paths(backend: str) -> tuple:
+def backend_paths(backend: str) -> tuple:
     return {"gpu": ("cudnn", "chunked", "xla"), "tpu": ("splash", "chunked", "xla")}.get(
         backend, ("chunked", "blocked", "splash_interpret", "xla"))
 
@@ -266,7 +270,7 @@ def kernel_row(path, q, k, v, mask, truth, valid, reps: int) -> dict:
         text = str(e)
         oom = "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
         return {"path": path, "dtype": dtype, "ok": path == "xla" and oom,
-                "note": f"{type(e).__name__}: {text.splitlines()[0][:200] if text else ''}"}
+                "note": f"{type(e).__name__}: {text.splitlines()[0][:160] if text else ''}"}
     tol = TOLERANCE[dtype]
     diff = jnp.where(valid[:, :, None, None], jnp.abs(out.astype(jnp.float32) - truth), 0.0)
     err = float(jnp.max(diff))
@@ -287,7 +291,7 @@ def run_kernels(sizes: Sizes) -> dict:
 
     from jaxvlm import attention as attn
 
-    paths = sizes.kernel_paths or kernel_paths(jax.default_backend())
+    paths = sizes.kernel_paths or backend_paths(jax.default_backend())
     rows, h, b = [], 128, sizes.kernel_batch
     for t in sizes.kernel_lengths:
         for n, kv in sizes.kernel_heads:
@@ -333,23 +337,39 @@ def format_kernels(res: dict) -> str:
 
 def run_planner(sizes: Sizes, prune: str | None) -> dict:
     """Predicted per-device total of the generate program vs the allocator's peak during the real call."""
+    import tempfile
+
+    import jax
+
+    from jaxvlm import compile_cache, plan
+
+    dev = jax.devices()[0]
+    stats = lambda: dev.memory_stats() or {}  # noqa: E731 (None on CPU)
+    config = llava_config(sizes.planner_text, sizes.planner_vision)
+    b, t, new = sizes.planner_batch, sizes.planner_prompt, sizes.planner_new
+    # Planning first, with nothing allocated, into a fresh compilation cache: the real call then loads the
+    # planned program instead of compiling it again (on CPU it differs: per-layer weights), so no compile-time
+    # scratch (GPU autotuning) enters the peak measured with the weights in place.
+    cache = tempfile.mkdtemp(prefix="jaxvlm-device-check-")
+    atexit.register(shutil.rmtree, cache, ignore_errors=True)  # at exit: later compiles of this process write there
+    compile_cache.enable(cache)
+    predicted = plan.plan_program(config, b, t, new, images=1, prune=prune, dtype="bfloat16", attention="auto")
+    return measure_generate(config, predicted, prune, stats, (b, t, new))
+
+
+def measure_generate(config, predicted: dict, prune: str | None, stats, shape) -> dict:
+    """The real generate call on random device weights: allocator statistics before and after it."""
     import jax
 
     from jaxvlm import plan
     from jaxvlm.engine import api
     from jaxvlm.prune.spec import parse_schedule
 
-    dev = jax.devices()[0]
-    stats = lambda: dev.memory_stats() or {}  # noqa: E731 (None on CPU)
-    config = llava_config(sizes.planner_text, sizes.planner_vision)
-    b, t, new = sizes.planner_batch, sizes.planner_prompt, sizes.planner_new
-    # Planning first, with nothing allocated: GPU autotuning scratch of this compile lands in the peak before
-    # the weights exist, and the real call's compile reuses the autotuning results.
-    predicted = plan.plan_program(config, b, t, new, images=1, prune=prune, dtype="bfloat16", attention="auto")
+    b, t, new = shape
     peak_planning = stats().get("peak_bytes_in_use")
     params = plan.abstract_params(config, "bfloat16")
     params = params.replace(weights=device_weights(params.weights))
-    weights_in_use = stats().get("bytes_in_use")
+    weights_in_use, peak_before = stats().get("bytes_in_use"), stats().get("peak_bytes_in_use")
     inputs = plan.synthetic_inputs(config, b, t, 1)
     t0 = time.perf_counter()
     out = api.generate(params, prune=parse_schedule(prune), max_new_tokens=new, **inputs)
@@ -360,9 +380,9 @@ def run_planner(sizes: Sizes, prune: str | None) -> dict:
     return {"prune": prune or "none", "batch": b, "prompt_tokens": t, "max_new_tokens": new,
             "layers": config.text.num_layers, "predicted": predicted, "predicted_total_bytes": predicted["total_bytes"],
             "measured_peak_bytes": peak, "ratio": ratio, "weights_in_use_bytes": weights_in_use,
-            "peak_after_planning_bytes": peak_planning,
-            "peak_from": None if peak is None else ("generate" if peak > (peak_planning or 0) else
-                                                    "planning compile (the call's own peak is at most this)"),
+            "peak_after_planning_bytes": peak_planning, "peak_before_call_bytes": peak_before,
+            "peak_from": None if peak is None else ("generate" if peak > (peak_before or 0) else
+                                                    "planning or weight creation (generate's peak is at most this)"),
             "first_call_s": round(first_call, 2), "failures": []}
 
 
@@ -527,7 +547,7 @@ def report(sections: dict) -> str:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dev/device_check.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--smoke", action="store_true", help="tiny shapes (CPU; checks the machinery only)")
-    p.add_argument("--out", default="device_check", help="directory for device_check.json")
+    p.add_argument("--out", default=os.path.join("runs", "device_check"), help="directory for device_check.json")
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
     p.add_argument("--paths", default=None, help="section 1: only these attention paths (comma-separated)")
     p.add_argument("--masks", default=None, help="section 1: only these masks (left_pad,right_pad,pruned,windows)")
