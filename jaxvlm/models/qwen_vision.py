@@ -52,8 +52,8 @@ from jaxvlm.layers import activation, apply_rope, attention, base_inv_freq, full
 
 NORM_EPS = 1e-6  # transformers hard-codes eps=1e-6 for every norm of both towers and mergers
 # Shape buckets per power of two for prepare's packed patch axis and attention blocks (see `bucket`). Four
-# bounds the padding at 25% (mean ~8% of the vision tower's work) while a typical eval's patch counts fall
-# into a handful of buckets; 0 keeps the exact shapes (one program per patch count).
+# bounds the padding at 25% (COCO-like batches of 8: +9% patches on average, +17% full-attention block work)
+# while an eval's patch counts fall into a handful of buckets; 0 keeps the exact shapes (one program per count).
 BUCKETS_PER_OCTAVE = 4
 
 
