@@ -1,9 +1,9 @@
 """Calibration-free debiasing (`debias.SelfTrend`, `trend="self"`) against calibrated trends on the same data.
 
-    python -m experiments.self_trend smollm2 qwen2.5 [--keep 64] [--out self_trend.json]
+    python -m experiments.self_trend smollm2 qwen2.5 [--keep 64] [--layer 2] [--out self_trend.json]
 
 For each real LM inside its VLM shell (experiments.real_lm; the vision towers are RANDOM) on the photographs,
-FastV's own score at layer 1 (the stage prunes before layer 2) is recorded through the engine
+FastV's own score at layer K-1 (the stage prunes before layer K = --layer, 2 by default) is recorded through the engine
 (experiments.stage_scores), and every trend is judged twice:
   flatness   rank correlation of position and the per-sample-normalised mean score after the trend is divided
              out (0: no position trend left; experiments.shell_bias.flatness);
@@ -44,16 +44,17 @@ def own_trends(rec) -> tuple[np.ndarray, dict]:
     return half, own
 
 
-def schedules(half: np.ndarray, own: dict) -> dict:
-    """Schedule builders (sample j, keep k) -> schedule, by trend name (`own_trends` gives half, own)."""
+def schedules(half: np.ndarray, own: dict, layer: int = 2) -> dict:
+    """Schedule builders (sample j, keep k) -> schedule, by trend name (`own_trends` gives half, own), FastV
+    pruning before `layer` (its score: layer - 1)."""
     from jaxvlm.prune import debiased_fastv, fastv
 
     return {
-        "raw": lambda j, k: fastv(layer=2, keep=k),
-        "default": lambda j, k: debiased_fastv(keep=k),
-        "release": lambda j, k: debiased_fastv(keep=k, trend="release"),
-        "own_other_half": lambda j, k: debiased_fastv(keep=k, trend=own[half[j]]),
-        "self": lambda j, k: debiased_fastv(keep=k, trend="self"),
+        "raw": lambda j, k: fastv(layer=layer, keep=k),
+        "default": lambda j, k: debiased_fastv(layer=layer, keep=k),
+        "release": lambda j, k: debiased_fastv(layer=layer, keep=k, trend="release"),
+        "own_other_half": lambda j, k: debiased_fastv(layer=layer, keep=k, trend=own[half[j]]),
+        "self": lambda j, k: debiased_fastv(layer=layer, keep=k, trend="self"),
     }
 
 
@@ -76,14 +77,14 @@ def selection(params, inputs: list, rec, builders: dict, keep: int) -> dict:
     return out
 
 
-def compare(params, proc, photos, keep: int = 64) -> dict:
-    """Flatness and selection of every trend on `photos` (experiments.assets names)."""
+def compare(params, proc, photos, keep: int = 64, layer: int = 2) -> dict:
+    """Flatness and selection of every trend on `photos` (experiments.assets names), FastV before `layer`."""
     from experiments.shell_bias import flatness, photos_inputs, self_trends
     from experiments.stage_scores import collect
     from jaxvlm.prune import debiased_fastv, fastv
 
     inputs = photos_inputs(proc, photos)
-    rec = collect(params, inputs, fastv(layer=2, keep=keep)[0], 0.5)
+    rec = collect(params, inputs, fastv(layer=layer, keep=keep)[0], 0.5)
     half, own = own_trends(rec)
     release = debias.release_trend("fastv")
     default = debiased_fastv()[0].for_model(params.config.text).trend
@@ -93,10 +94,10 @@ def compare(params, proc, photos, keep: int = 64) -> dict:
                   "release": lambda j, n: release,
                   "own_other_half": lambda j, n: own[half[j]],
                   "self": lambda j, n: selfs[j]}
-    return {"family": params.config.family, "photos": list(photos), "keep": keep,
+    return {"family": params.config.family, "photos": list(photos), "keep": keep, "layer": layer,
             "default_trend": type(default).__name__,
             "rank_corr_after": {name: flatness(rec, fn) for name, fn in per_sample.items()},
-            "selection": selection(params, inputs, rec, schedules(half, own), keep)}
+            "selection": selection(params, inputs, rec, schedules(half, own, layer), keep)}
 
 
 def table(reports: list[dict]) -> str:
@@ -116,12 +117,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m experiments.self_trend", description=__doc__.split("\n\n")[0])
     ap.add_argument("names", nargs="+", choices=real_lm.NAMES)
     ap.add_argument("--keep", type=int, default=64)
+    ap.add_argument("--layer", type=int, default=2, help="FastV prunes before this layer (score: layer - 1)")
     ap.add_argument("--out", default="self_trend.json")
     args = ap.parse_args(argv)
     reports = []
     for name in args.names:
         params, proc = real_lm.shell(name)
-        reports.append({"name": name, **compare(params, proc, assets.PHOTOS, args.keep)})
+        reports.append({"name": name, **compare(params, proc, assets.PHOTOS, args.keep, args.layer)})
         print(f"{name} done", file=sys.stderr)
     with open(args.out, "w") as f:
         json.dump(reports, f, indent=1)
