@@ -23,6 +23,9 @@ failure of its section; `--in-process` runs them here, for tests and debugging):
    model (all 32 layers where the allocator has 40 GB, else 8), batch 8, T = 704 and 4096, bfloat16,
    unpruned and FastV keep 64: compile seconds, median prefill time, the program's dot FLOPs
    (`jaxvlm.plan.dot_flops`) and MFU against PEAK_FLOPS for the device kind (unknown kinds: FLOP/s only).
+   Attention kernels are opaque to the jaxpr: under cuDNN the count takes the lax.cond's costlier branch, the
+   chunked path (its visited causal blocks); a Pallas kernel's body is counted once, not per grid step, so on
+   TPU the attention share is undercounted.
 
 Compile seconds are the first call minus the median call; every timed call ends in block_until_ready.
 `--smoke` shrinks every shape (tiny configs, T=320 kernels, one head layout) so the check runs on a CPU in a
@@ -483,6 +486,7 @@ def format_mfu(res: dict) -> str:
         f"peak {res['peak_flops'] / 1e12:.0f} TFLOP/s bf16"
     lines = [f"llava-1.5-7b language model, {res['layers']} layers (D {res['hidden']}, F {res['ffn']}, "
              f"{res['heads']} heads, vocab {res['vocab']}), batch {res['batch']}, {res['dtype']}; {peak}",
+             "FLOPs: the program's dot FLOPs (jaxvlm.plan.dot_flops; see the module docstring for kernels)",
              f"{'T':>5} {'prune':>20} {'tokens':>12} {'compile s':>9} {'prefill ms':>10} {'TFLOP':>8} "
              f"{'TFLOP/s':>8} {'MFU':>6} {'FLOPs ratio':>11} {'time ratio':>10}"]
     for r in res["rows"]:
@@ -551,9 +555,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
     p.add_argument("--paths", default=None, help="section 1: only these attention paths (comma-separated)")
     p.add_argument("--masks", default=None, help="section 1: only these masks (left_pad,right_pad,pruned,windows)")
-    p.add_argument("--in-process", action="store_true", help="run the sections here, not in child processes")
+    p.add_argument("--in-process", action="store_true",
+                   help="run the sections here, not in child processes (allocator peaks include earlier sections)")
     p.add_argument(CHILD_FLAG, default=None, help=argparse.SUPPRESS)
     return p
+
+
+def timed_part(run, part: str) -> dict:
+    """run(part) with its wall seconds added, announced as it starts (the full check takes minutes)."""
+    print(f"[device check] {part} ...", flush=True)
+    t0 = time.perf_counter()
+    result = run(part)
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    print(f"[device check] {part}: {result['seconds']} s, {len(result.get('failures', []))} failure(s)", flush=True)
+    return result
 
 
 def sizes_of(a) -> Sizes:
@@ -583,7 +598,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     sections, failures, info = {}, [], None
     for section in chosen:
-        results = [run(part) for part in parts_of(section)]
+        results = [timed_part(run, part) for part in parts_of(section)]
         for r in results:
             failures += r.get("failures", [])
             device = r.pop("device", None)
