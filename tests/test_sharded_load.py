@@ -132,6 +132,13 @@ SCRIPT = textwrap.dedent("""
     with jax.transfer_guard_device_to_device("disallow"):
         again = jaxvlm.generate(sh, **inputs, max_new_tokens=3, mesh=mesh)
     np.testing.assert_array_equal(np.asarray(first.tokens), np.asarray(again.tokens))
+
+    # Fewer images than data devices (an eval's last partial batch: 2 images on data=8) run with the pixels
+    # unconstrained (a constraint made GSPMD split them over 2 of the 8 devices: IndivisibleError).
+    small = dict(input_ids=ids[:, :140], attention_mask=mask[:, :140], pixel_values=inputs["pixel_values"][:4])
+    few = jaxvlm.generate(one, **small, max_new_tokens=3, mesh=sharding.data_mesh())
+    alone = jaxvlm.generate(one, **small, max_new_tokens=3)
+    np.testing.assert_array_equal(np.asarray(few.tokens), np.asarray(alone.tokens))
     print("SHARDED_LOAD_OK")
 """)
 

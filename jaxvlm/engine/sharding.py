@@ -129,8 +129,10 @@ def layer_sharding(stack: NamedSharding) -> NamedSharding:
 
 def shard_images(pixels: jax.Array, mesh: Mesh | None) -> jax.Array:
     """Constrain the leading image axis of `pixels` (I, ...) to BATCH_AXIS (inside jit; identity without a mesh),
-    so the vision tower encodes each device's images locally (GSPMD pads an I the data axis does not divide)."""
-    if mesh is None or BATCH_AXIS not in mesh.shape or pixels.shape[0] == 0:
+    so the vision tower encodes each device's images locally. An I the data axis does not divide (an eval's last
+    partial batch) is left unconstrained: GSPMD would otherwise split the program's pixel input over a sub-mesh
+    (e.g. 2 of 8 devices), a sharding that no NamedSharding of `mesh` can express."""
+    if mesh is None or BATCH_AXIS not in mesh.shape or pixels.shape[0] % mesh.shape[BATCH_AXIS]:
         return pixels
     spec = PartitionSpec(BATCH_AXIS, *([None] * (pixels.ndim - 1)))
     return jax.lax.with_sharding_constraint(pixels, NamedSharding(mesh, spec))
