@@ -303,8 +303,11 @@ def _splash_kernel(heads: int, length: int, causal: bool, block: int, interpret:
     one = sa.CausalMask((length, length)) if causal else sa.FullMask((length, length))
     sizes = sa.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
                           block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
-    return sa.make_splash_mha(sa.MultiHeadMask([one] * heads), head_shards=1, q_seq_shards=1, block_sizes=sizes,
-                              interpret=interpret)
+    # Built eagerly even when first asked for inside a trace: the kernel holds its mask tables as arrays, and a
+    # cached kernel built in one trace would hand that trace's tracers to the next program.
+    with jax.ensure_compile_time_eval():
+        return sa.make_splash_mha(sa.MultiHeadMask([one] * heads), head_shards=1, q_seq_shards=1,
+                                  block_sizes=sizes, interpret=interpret)
 
 
 def splash_attention(q, k, v, mask: TokenMask, interpret: bool = False) -> jax.Array:
