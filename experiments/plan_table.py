@@ -128,11 +128,14 @@ def max_batch(points: Points, name, prune, data, model, limit: float, verify: bo
     fixed = a["total"] - per_row * BATCH
     n = MAX_BATCH if per_row <= 0 else min(MAX_BATCH, int((limit - fixed) // per_row))
     n -= n % data
+    # the largest compiled point known to fit: (batch, total)
+    ref = next(((m, t) for m, t in ((FIT_BATCH, b["total"]), (BATCH, a["total"])) if t <= limit), (0, fixed))
     while n >= data and (verify or points.has(name, prune, data, model, n)):
         est = bf16_estimate(points.get(name, prune, data, model, n))
         if est["total"] <= limit:
             return {"batch": n, "total": est["total"], "verified": True, "capped": n == MAX_BATCH}
-        n -= max(data, int(-(-(est["total"] - limit) // per_row)))
+        slope = (est["total"] - ref[1]) / (n - ref[0])  # the line through ref and this failing point
+        n = min(n - data, ref[0] + int((limit - ref[1]) // slope))
         n -= n % data
     if n < data:
         return None
