@@ -142,3 +142,25 @@ def test_video_llava_detrends_per_frame():
     framewise, whole = per_frame(params), per_frame(seq)
     print(f"kept share per frame: frame layout {framewise.round(2).tolist()}, sequence {whole.round(2).tolist()}")
     assert framewise.min() > 0.05 and whole[0] > 0.5
+
+
+@pytest.mark.slow
+def test_llava_next_real_geometry_budget_over_tiles():
+    """The measurement of docs/METHOD.md section 7 (336px tiles, the Hub's pinpoints, images of 1,176 - 2,928
+    tokens, random weights, debiased FastV keep 128 with the release's cubic): over the whole token run the
+    base tile takes the budget (extrapolated or clamped), per tile it is spread, newlines not favoured."""
+    from jaxvlm.models import llava_next
+    from llava_next_reference import SIZES, hf_config_dict, make_inputs
+
+    params = random_params(llava_next.parse_config(hf_config_dict(image_size=336, text_layers=3, vision_layers=1)))
+    inputs = make_inputs(params, sizes=SIZES, text=(40, 25, 60, 30))
+    seq = params.replace(config=dataclasses.replace(params.config, span_layout="sequence"))
+    shares = {"raw": tile_shares(params, inputs, prune.fastv(keep=128)),
+              "sequence, extrapolated": tile_shares(seq, inputs, prune.debiased_fastv(
+                  trend=dataclasses.replace(RELEASE, span=None))),
+              "sequence, clamped": tile_shares(seq, inputs, prune.debiased_fastv()),
+              "tile": tile_shares(params, inputs, prune.debiased_fastv())}
+    for name, v in shares.items():
+        print(f"{name}: base / grid / newlines per image {v.round(2).tolist()}")
+    assert (shares["sequence, extrapolated"][:, 0] == 1).all() and (shares["sequence, clamped"][:, 0] > 0.9).all()
+    assert (shares["tile"][:, 0] < 0.75).all() and (shares["tile"][:, 2] < 0.05).all()
