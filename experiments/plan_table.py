@@ -167,8 +167,8 @@ def table(workloads, chips, points: Points, with_max: bool, verify: bool) -> lis
 
 def markdown(rows: list[dict]) -> str:
     gb = lambda b: f"{b / 1e9:.2f}"  # noqa: E731
-    head = ("| workload (tokens) | prune | chip | mesh data x model | weights GB | KV GB | temp GB | total GB | limit GB "
-            "| fits at 8 | max batch (total) |\n|---|---|---|---|---:|---:|---:|---:|---:|---|---|\n")
+    head = ("| workload (tokens) | prune | chip | mesh data x model | weights GB | KV GB | temp GB | total GB "
+            "| limit GB | fits at 8 | max batch (total) |\n|---|---|---|---|---:|---:|---:|---:|---:|---|---|\n")
     lines = []
     for r in rows:
         m = r.get("max_batch", "n/a")
