@@ -2,7 +2,7 @@
 shapes only (`jax.ShapeDtypeStruct`) and reports, per device, from the compiled program:
 
     jaxvlm plan CONFIG_OR_CKPT --batch 8 --prompt-tokens 704 --max-new-tokens 32 [--images 1] [--prune SPEC]
-                [--dtype bfloat16] [--mesh data=D,model=M] [--devices N] [--json OUT]
+                [--dtype bfloat16] [--mesh data=D,model=M] [--fsdp] [--devices N] [--json OUT]
 
 - weights_bytes: the weight arguments' shards on one device (`--mesh data=D,model=M`: batch over D, weights
   by jaxvlm.engine.sharding's logical-axis table over M); kv_cache_bytes: the prompt caches and decode
@@ -56,6 +56,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--prune", default=None, help="a schedule spec as in `jaxvlm generate --prune`")
     p.add_argument("--dtype", default="bfloat16", choices=DTYPES)
     p.add_argument("--mesh", default=None, help="data=D,model=M (default: data over all devices)")
+    p.add_argument("--fsdp", action="store_true", help="also shard the weights over the data axis (FSDP)")
     p.add_argument("--devices", type=int, default=None, help="plan for N devices (forced CPU devices)")
     p.add_argument("--attention", default="chunked", choices=("chunked", "blocked", "xla", "auto"),
                    help="attention path compiled (auto: the current backend's choice)")
@@ -143,8 +144,9 @@ def synthetic_inputs(config, batch: int, prompt_tokens: int, images: int) -> dic
     return out
 
 
-def abstract_params(config, dtype: str, mesh=None):
-    """The model with every weight a ShapeDtypeStruct, placed on `mesh` by the logical-axis table if given."""
+def abstract_params(config, dtype: str, mesh=None, fsdp: bool = False):
+    """The model with every weight a ShapeDtypeStruct, placed on `mesh` by the logical-axis table if given
+    (`fsdp`: also over the data axis, as `jaxvlm.load(..., fsdp=True)` places them)."""
     import jax
     import jax.numpy as jnp
 
@@ -155,7 +157,7 @@ def abstract_params(config, dtype: str, mesh=None):
     weights = jax.tree.map(lambda s: jax.ShapeDtypeStruct(tuple(s), jnp.dtype(dtype)), shapes,
                            is_leaf=lambda s: isinstance(s, tuple))
     if mesh is not None:
-        placed = sharding.weight_shardings(weights, mesh)
+        placed = sharding.weight_shardings(weights, mesh, fsdp=fsdp)
         weights = jax.tree.map(lambda w, sh: jax.ShapeDtypeStruct(w.shape, w.dtype, sharding=sh), weights, placed)
     return VLM(weights=weights, config=config)
 
@@ -227,7 +229,8 @@ def kv_cache_bytes(config, plan, batch_per_device: int, itemsize: int, model: in
 
 
 def plan_program(config, batch: int, prompt_tokens: int, max_new: int, images: int = 1, prune=None,
-                 dtype: str = "bfloat16", data: int = 1, attention: str = "chunked", model: int = 1) -> dict:
+                 dtype: str = "bfloat16", data: int = 1, attention: str = "chunked", model: int = 1,
+                 fsdp: bool = False) -> dict:
     """Compile the generate program for these shapes and report its per-device memory, compile time, FLOPs."""
     import jax
     import jax.numpy as jnp
@@ -243,7 +246,7 @@ def plan_program(config, batch: int, prompt_tokens: int, max_new: int, images: i
         raise UserError(f"jaxvlm plan: {data * model} devices planned but {jax.device_count()} present (use --devices)")
     schedule = parse_schedule(prune) if isinstance(prune, str) or prune is None else prune
     mesh = sharding.model_mesh(data, model) if data * model > 1 else None
-    params = abstract_params(config, dtype, mesh)
+    params = abstract_params(config, dtype, mesh, fsdp)
     inputs = synthetic_inputs(config, batch, prompt_tokens, images)
     batch_arrays, plan, _, pad_masks = api._prepared(params, inputs, schedule, max_new)
     args = (params, batch_arrays, jax.random.key(0), api._sampling(0.0, 1.0))
@@ -264,7 +267,7 @@ def plan_program(config, batch: int, prompt_tokens: int, max_new: int, images: i
         "model": config.family, "dtype": dtype, "batch": batch, "prompt_tokens": prompt_tokens,
         "bucket": plan.lengths[0], "segment_tokens": list(plan.lengths), "max_new_tokens": max_new, "images": images,
         "prune": prune if isinstance(prune, str) else None, "mesh": {"data": data, "model": model},
-        "devices": data * model, "attention": attention, "backend": jax.default_backend(),
+        "fsdp": fsdp, "devices": data * model, "attention": attention, "backend": jax.default_backend(),
         "weights_bytes": weight_bytes_per_device(params.weights),
         "kv_cache_bytes": kv_cache_bytes(config, plan, rows, itemsize, model),
         "temp_bytes": int(mem.temp_size_in_bytes), "argument_bytes": int(mem.argument_size_in_bytes),
@@ -276,7 +279,8 @@ def plan_program(config, batch: int, prompt_tokens: int, max_new: int, images: i
 def _format(r: dict) -> str:
     gb = lambda b: f"{b / 1e9:.2f} GB"  # noqa: E731
     return (f"{r['model']} {r['dtype']} batch {r['batch']} x {r['prompt_tokens']} (+{r['max_new_tokens']}) tokens, "
-            f"prune {r['prune'] or 'none'}, mesh data={r['mesh']['data']},model={r['mesh']['model']}: per device "
+            f"prune {r['prune'] or 'none'}, mesh data={r['mesh']['data']},model={r['mesh']['model']}"
+            f"{' (fsdp)' if r.get('fsdp') else ''}: per device "
             f"weights {gb(r['weights_bytes'])}, kv cache {gb(r['kv_cache_bytes'])} (in temp), "
             f"temp {gb(r['temp_bytes'])}, total {gb(r['total_bytes'])}; compile {r['compile_seconds']:.1f} s; "
             f"FLOPs prefill {r['prefill_flops']:.3e}, decode {r['decode_flops']:.3e}")
@@ -308,7 +312,7 @@ def main(argv=None) -> int:
         result = _run_in_subprocess(_without_json(argv), devices)
     else:
         result = plan_program(config, a.batch, a.prompt_tokens, a.max_new_tokens, a.images, a.prune, a.dtype,
-                              data, a.attention, model)
+                              data, a.attention, model, a.fsdp)
     if a._in_subprocess:
         print(json.dumps(result))
         return 0

@@ -90,6 +90,11 @@ def test_plan_devices_in_subprocess(tmp_path, capsys):
     assert r["kv_cache_bytes"] == 2 * t.num_layers * 2 * (t.num_kv_heads // 2) * (640 + 2) * t.head_dim * 4
     full = plan.weight_bytes_per_device(plan.abstract_params(plan.read_config(str(cfg_path))[0], "float32").weights)
     assert full / 2 <= r["weights_bytes"] < 0.7 * full  # embed, lm_head, heads, MLP split; norms, CLIP heads=2 too
+    code, out, _ = run([cfg_path, "--batch", 4, "--prompt-tokens", 600, "--max-new-tokens", 2, "--dtype", "float32",
+                        "--devices", 4, "--mesh", "data=2,model=2", "--fsdp", "--json", tmp_path / "f.json"], capsys)
+    f = json.loads((tmp_path / "f.json").read_text())
+    assert code == 0 and f["fsdp"] and "(fsdp)" in out, out
+    assert full / 4 <= f["weights_bytes"] < 0.75 * r["weights_bytes"]  # the matrices split over data too
 
 
 @pytest.mark.parametrize("args,message", [
