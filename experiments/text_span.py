@@ -24,7 +24,7 @@ Score: exact match - the first number in the greedy answer (MAX_NEW tokens) equa
 chance is about 1/N (the LM copying some value of the span). The queried fact is placed in the first,
 middle or last third of the block (question i: placement i mod 3).
 
-    python -m experiments.text_span --lm smollm2 --out runs/text_span [--samples 60] [--budgets 32,64,128]
+    python -m experiments.text_span --lm qwen2.5 --out runs/text_span [--samples 12] [--budgets 64,128,192]
 
 Writes DIR/results.jsonl (one line per question and configuration; a rerun skips what is there, so an
 interrupted run resumes), DIR/trend.json (the fitted trend and its report, reused on resume), DIR/table.md
@@ -238,14 +238,24 @@ def run_batch(text_w, cfg, embed_table, codec: Codec, rows: list[Encoded], metho
                "layer": layer, "target": q.target, "n_facts": len(q.keys), "span_tokens": r.span[1] - r.span[0],
                "value": q.value, "answer": text, "correct": answer_value(text) == q.value}
         if kept is not None:
-            rec.update(kept_stats(kept[i], r))
+            rec.update(kept_stats(kept[i], r, token_kinds(codec, r)))
         results.append(rec)
     return results
 
 
-def kept_stats(kept_row: np.ndarray, r: Encoded) -> dict:
-    """Where a row's kept span tokens lie: count per third of the block, and whether the queried fact's
-    tokens (its whole line) survived."""
+KINDS = ("key", "digit", "separator")
+
+
+def token_kinds(codec: Codec, r: Encoded) -> np.ndarray:
+    """(n_span,) kind of each span token: 0 key letters, 1 value digits, 2 separators (":", spaces, newline)."""
+    s, e = r.span
+    text = [codec.decode([int(t)]).strip() for t in r.ids[s:e]]
+    return np.array([1 if t.isdigit() else 2 if t in ("", ":") else 0 for t in text], np.int32)
+
+
+def kept_stats(kept_row: np.ndarray, r: Encoded, kinds: np.ndarray | None = None) -> dict:
+    """Where a row's kept span tokens lie: count per third of the block, how many of the queried fact's
+    tokens (its whole line) survived and, with `kinds` (token_kinds), the share of each kind kept."""
     s, e = r.span
     k = kept_row[kept_row >= 0]
     if np.any((k < s) | (k >= e)):
@@ -254,8 +264,12 @@ def kept_stats(kept_row: np.ndarray, r: Encoded) -> dict:
     thirds = [int(np.sum((rel >= i / 3) & (rel < (i + 1) / 3))) for i in range(3)]
     t = r.question.target
     lo, hi = r.fact_starts[t], (r.fact_starts[t + 1] if t + 1 < len(r.fact_starts) else e)
-    return {"kept": int(len(k)), "kept_thirds": thirds, "target_tokens_kept": int(np.sum((k >= lo) & (k < hi))),
-            "target_tokens": hi - lo}
+    out = {"kept": int(len(k)), "kept_thirds": thirds, "target_tokens_kept": int(np.sum((k >= lo) & (k < hi))),
+           "target_tokens": hi - lo}
+    if kinds is not None:
+        kept_kind = np.bincount(kinds[k - s], minlength=3)
+        out["kept_kinds"] = (kept_kind / np.maximum(np.bincount(kinds, minlength=3), 1)).tolist()
+    return out
 
 
 # ---------------------------------------------------------------------------------------- calibration
@@ -354,6 +368,9 @@ def summarize(results: list[dict]) -> dict:
             th = np.sum([r["kept_thirds"] for r in rs], axis=0)
             cell["thirds"] = (th / max(th.sum(), 1)).tolist()
             cell["target_kept"] = float(np.mean([r["target_tokens_kept"] == r["target_tokens"] for r in rs]))
+            kinds = [r["kept_kinds"] for r in rs if "kept_kinds" in r]
+            if kinds:
+                cell["kinds"], cell["kinds_n"] = np.mean(kinds, axis=0).tolist(), len(kinds)
         out[key] = cell
     return out
 
@@ -373,14 +390,17 @@ def table_md(summary: dict, meta: dict) -> str:
     for m, k in configs:
         cells = [fmt(summary[(m, k, p)]) if (m, k, p) in summary else "-" for p in cols]
         lines.append(f"| {m} | {k if k is not None else 'all'} | " + " | ".join(cells) + " |")
-    lines += ["", "Kept span tokens per third of the block (early / middle / late share, all questions) and the "
-              "share of questions whose whole queried line was kept:", "",
-              "| method | K | early | middle | late | queried line kept |", "|---|---|---|---|---|---|"]
+    lines += ["", "Kept span tokens per third of the block (early / middle / late share, all questions), the share "
+              "of questions whose whole queried line was kept, and the share of the span's key-letter / value-digit "
+              "/ separator tokens kept (questions with that record):", "",
+              "| method | K | early | middle | late | queried line kept | key | digits | separators (n) |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for m, k in configs:
         c = summary.get((m, k, "all"), {})
         if "thirds" in c:
             e, mi, la = c["thirds"]
-            lines.append(f"| {m} | {k} | {e:.2f} | {mi:.2f} | {la:.2f} | {c['target_kept']:.2f} |")
+            kinds = " | ".join(f"{v:.2f}" for v in c["kinds"]) + f" ({c['kinds_n']})" if "kinds" in c else "- | - | -"
+            lines.append(f"| {m} | {k} | {e:.2f} | {mi:.2f} | {la:.2f} | {c['target_kept']:.2f} | {kinds} |")
     return "\n".join(lines) + "\n"
 
 
@@ -441,6 +461,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=6)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--compile-cache", default=None, help="persistent compilation cache directory")
+    ap.add_argument("--report-only", action="store_true",
+                    help="run nothing: write table.md and the figure from the results already in --out")
     args = ap.parse_args(argv)
     try:
         budgets = [int(b) for b in args.budgets.split(",") if b.strip()]
@@ -471,7 +493,7 @@ def main(argv=None) -> int:
     cal = [encode(codec, make_question(q, args.facts, args.seed + 1)) for q in range(args.calibration)]  # held out
     length = max(len(r.ids) for r in [*rows.values(), *cal])
     trend_file = out / "trend.json"
-    if "detrended" in methods and not trend_file.is_file():
+    if "detrended" in methods and not trend_file.is_file() and not args.report_only:
         print(f"calibrating on {len(cal)} held-out prompts (layer {args.layer - 1} scores)", file=sys.stderr)
         trend, rep = fit_trend(*collect_scores(text_w, lm.cfg, table, chunks(cal), args.layer, length))
         trend_file.write_text(json.dumps({"trend": trend.to_dict(), "report": rep, "layer": args.layer}, indent=1))
@@ -482,7 +504,7 @@ def main(argv=None) -> int:
     done = {result_key(r) for r in load_results(res_path)}
     configs = [("full", None)] + [(m, k) for k in budgets for m in methods]
     reference = 3 * (args.samples if args.reference is None else args.reference)
-    todo = pending(configs, chunks(qids), args.layer, done, reference)
+    todo = [] if args.report_only else pending(configs, chunks(qids), args.layer, done, reference)
     bar = progress(sum(len(q) for _, _, q in todo))
     with open(res_path, "a") as f:
         for method, keep, miss in todo:

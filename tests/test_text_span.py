@@ -67,6 +67,16 @@ def test_encode_marks_exactly_the_fact_block():
         assert len(r.fact_starts) == len(q.keys) and r.fact_starts[0] == s
 
 
+def test_token_kinds_of_the_fact_block():
+    r = rows(9, [4])[0]
+    kinds = ts.token_kinds(CODEC, r)
+    q = r.question
+    assert len(kinds) == r.span[1] - r.span[0]
+    assert np.bincount(kinds, minlength=3).tolist() == [sum(map(len, q.keys)), 3 * len(q.keys), 3 * len(q.keys)]
+    stats = ts.kept_stats(np.flatnonzero(kinds == 1) + r.span[0], r, kinds)  # keep exactly the digits
+    assert stats["kept_kinds"] == [0.0, 1.0, 0.0] and stats["target_tokens_kept"] == 3
+
+
 def test_answer_value_and_wilson():
     assert ts.answer_value(" 482.") == 482
     assert ts.answer_value("It is 17, not 3") == 17
@@ -144,14 +154,13 @@ def test_flat_trend_detrending_is_raw_fastv_and_steep_one_moves_the_keep():
 def test_run_batch_records_and_kept_stats():
     w, cfg = lm()
     rs = rows(9, range(3))
-    recs = ts.run_batch(w, cfg, w["embed"], CODEC, rs, "fastv", 10, 2, length=256)
+    recs = ts.run_batch(w, cfg, w["embed"], CODEC, rs, "fastv", 10, 2)
     for rec, r in zip(recs, rs):
         assert rec["kept"] == 10 and sum(rec["kept_thirds"]) == 10
+        assert len(rec["kept_kinds"]) == 3 and all(0 <= v <= 1 for v in rec["kept_kinds"])
         assert rec["correct"] == (ts.answer_value(rec["answer"]) == r.question.value)
         assert rec["span_tokens"] == r.span[1] - r.span[0] and rec["placement"] == r.question.placement
         json.dumps(rec)
-    full = ts.run_batch(w, cfg, w["embed"], CODEC, rs, "full", None, 2)
-    assert all("kept" not in rec and rec["keep"] is None for rec in full)
     with pytest.raises(AssertionError, match="outside the prunable span"):
         ts.kept_stats(np.array([0, rs[0].span[0]]), rs[0])
 
@@ -193,7 +202,8 @@ def test_summary_table_and_plot(tmp_path):
         p = ts.PLACEMENTS[q % 3]
         res.append({"method": "full", "keep": None, "placement": p, "correct": True})
         res.append({"method": "fastv", "keep": 16, "placement": p, "correct": p == "late",
-                    "kept_thirds": [0, 2, 14], "target_tokens_kept": 8 if p == "late" else 0, "target_tokens": 8})
+                    "kept_thirds": [0, 2, 14], "target_tokens_kept": 8 if p == "late" else 0, "target_tokens": 8,
+                    **({"kept_kinds": [0.1, 0.2, 0.3]} if q < 3 else {})})
     s = ts.summarize(res)
     assert s[("fastv", 16, "late")]["acc"] == 1.0 and s[("fastv", 16, "all")]["k"] == 2
     assert s[("fastv", 16, "all")]["thirds"] == pytest.approx([0, 0.125, 0.875])
@@ -201,7 +211,7 @@ def test_summary_table_and_plot(tmp_path):
     meta = {"lm": "tiny", "n_facts": 9, "span_tokens": "80-90", "prompt_tokens": 120, "layer": 2,
             "trend": {"family": "exponential"}, "trend_ratio": 2.0, "trend_r2": 0.5, "calibration_prompts": 4}
     md = ts.table_md(s, meta)
-    assert "| full | all | 1.00" in md and "| fastv | 16 | 0.00" in md and "| fastv | 16 | 0.00 | 0.12 | 0.88 | 0.33 |" in md
+    assert "| full | all | 1.00" in md and "| fastv | 16 | 0.00" in md and "| fastv | 16 | 0.00 | 0.12 | 0.88 | 0.33 | 0.10 | 0.20 | 0.30 (3) |" in md
     ts.plot(s, tmp_path / "p.png", "t")
     assert (tmp_path / "p.png").stat().st_size > 1000
 
