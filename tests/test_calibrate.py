@@ -9,6 +9,7 @@ import pytest
 
 from experiments import calibrate as cal
 from jaxvlm import debias
+from planted_trend import plant
 
 
 def test_calibrate_cli_recovers_planted_trend(tmp_path, capsys):
@@ -52,14 +53,9 @@ PLANT_RATIO = 6.0  # T(63)/T(0) of the planted trend
 
 
 def planted_llava(path):
-    """A tiny LLaVA whose FastV score (layer-1 attention of the last token) is exactly exp(b * i) * noise.
-
-    CLIP (feature layer = the pre-norm embeddings) puts v_i = (t_i, -t_i, f_i, -f_i, 0, ...) (zero mean, unit
-    variance, so the LayerNorm keeps it) on patch i through its position embedding, t_i = 2 i / 63, plus a
-    little content from the patch conv; the projector passes it through (gelu(10 + u) - 10 = u); decoder
-    layers 0-1 add nothing (zero output projections); layer 1 reads t_i into the keys and a constant into the
-    last token's query on the slowest rotary pair (rope theta 1e9: no rotation). Every text embedding has the
-    same rms, so the last token's logit over image token i is b * i + const with b = ln(6)/63 exactly."""
+    """A tiny LLaVA whose FastV score (layer-1 attention of the last token) is exactly exp(b * i) * noise,
+    b = ln(6)/63 (tests/planted_trend.py; CLIP's feature layer is the pre-norm embeddings, and the projector
+    passes v through: gelu(10 + u) - 10 = u)."""
     import jax.numpy as jnp
 
     import jaxvlm
@@ -77,30 +73,7 @@ def planted_llava(path):
     w = {k: dict(v) if isinstance(v, dict) else v for k, v in random_params(cfg, seed=3, std=0.05).weights.items()}
     rng = np.random.default_rng(0)
     n = PLANT_GRID * PLANT_GRID
-    t = 2.0 * np.arange(n) / (n - 1)
-    f = np.sqrt(32 / 2 - t**2)
-    pos = np.zeros((n + 1, 32))
-    pos[1:, 0], pos[1:, 1], pos[1:, 2], pos[1:, 3] = t, -t, f, -f
-    vis = dict(w["vision"], pos_embed=pos, patch_embed=0.002 * rng.standard_normal((3, 14, 14, 32)))
-    w1 = np.zeros((32, 64))
-    w1[np.arange(32), np.arange(32)] = 1.0
-    proj = {"w1": w1, "b1": np.full(64, 10.0), "w2": np.eye(64), "b2": np.full(64, -10.0)}
-    text = dict(w["text"])
-    emb = np.zeros((cfg.text.vocab_size, 64))
-    r = rng.standard_normal((cfg.text.vocab_size, 31))
-    emb[:, 32:63] = 3.0 * r / np.linalg.norm(r, axis=1, keepdims=True)
-    emb[:, 63] = 4.0  # rms 0.625 for every token: the normed query coordinate is 6.4
-    layers = {k: np.array(v) for k, v in text["layers"].items()}
-    for i in (0, 1):
-        layers["wo"][i] = 0.0
-        layers["w_down"][i] = 0.0
-    layers["wq"][1] = 0.0
-    layers["wk"][1] = 0.0
-    slope = np.log(PLANT_RATIO) / (n - 1)  # b = 6.4 * g * sqrt(2) * (2 / 63) / sqrt(16)
-    g = slope / (6.4 * np.sqrt(2) * (2.0 / (n - 1)) / 4.0)
-    layers["wq"][1][63, :, 7] = 1.0
-    layers["wk"][1][0, :, 7] = g
-    text.update(embed=emb, layers=layers)
+    vis, proj, text, slope = plant(w["vision"], w["text"], cfg.text.vocab_size, n, PLANT_RATIO, rng)
     weights = {"vision": vis, "projector": proj, "text": text}
     import jax
 

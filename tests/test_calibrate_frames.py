@@ -11,6 +11,7 @@ import pytest
 
 from experiments import calibrate as cal
 from jaxvlm import debias
+from planted_trend import plant
 
 GRID = 16  # 224 px / patch 14: 256 patches per frame (+ CLS)
 RATIO = 6.0  # planted T(255)/T(0) within every frame
@@ -21,11 +22,8 @@ def planted():
     """A tiny Video-LLaVA whose FastV score (layer-1 attention of the last token) is exp(b * i) * noise for the
     patch i of EVERY frame (i = its raster index within the frame), whatever the frame's place in the video.
 
-    As tests/test_calibrate.planted_llava, in the video tower: its position embedding puts v_i = (t_i, -t_i, f_i,
-    -f_i, 0, ...) (zero mean, unit variance: the pre-LayerNorm keeps it) on patch i, t_i = 2 i / 255, plus a
-    little content from the patch conv; the projector passes it through; decoder layers 0-1 add nothing;
-    layer 1 reads t_i into the keys and a constant into the last token's query on the slowest rotary pair
-    (rope theta 1e9: no rotation, so a frame's offset in the sequence does not matter)."""
+    As tests/test_calibrate.planted_llava (tests/planted_trend.py), in the video tower: the rope theta of 1e9
+    means no rotation, so a frame's offset in the sequence does not matter."""
     import jax
     import jax.numpy as jnp
 
@@ -39,30 +37,9 @@ def planted():
     w = {k: dict(v) if isinstance(v, dict) else v for k, v in random_params(cfg, seed=3, std=0.05).weights.items()}
     rng = np.random.default_rng(0)
     n, dv, d = GRID * GRID, 32, 64
-    t = 2.0 * np.arange(n) / (n - 1)
-    f = np.sqrt(dv / 2 - t**2)
-    pos = np.zeros((n + 1, dv))
-    pos[1:, 0], pos[1:, 1], pos[1:, 2], pos[1:, 3] = t, -t, f, -f
-    w["video_tower"] = dict(w["video_tower"], pos_embed=pos, patch_embed=0.002 * rng.standard_normal((3, 14, 14, dv)))
-    w1 = np.zeros((dv, d))
-    w1[np.arange(dv), np.arange(dv)] = 1.0
-    w["projector"] = {"w1": w1, "b1": np.full(d, 10.0), "w2": np.eye(d), "b2": np.full(d, -10.0)}
-    text = dict(w["text"])
-    emb = np.zeros((cfg.text.vocab_size, d))
-    r = rng.standard_normal((cfg.text.vocab_size, 31))
-    emb[:, 32:63] = 3.0 * r / np.linalg.norm(r, axis=1, keepdims=True)
-    emb[:, 63] = 4.0  # rms 0.625 for every token: the normed query coordinate is 6.4
-    layers = {k: np.array(v) for k, v in text["layers"].items()}
-    for i in (0, 1):
-        layers["wo"][i] = 0.0
-        layers["w_down"][i] = 0.0
-    layers["wq"][1] = 0.0
-    layers["wk"][1] = 0.0
-    slope = np.log(RATIO) / (n - 1)  # b = 6.4 * g * sqrt(2) * (2 / 255) / sqrt(16)
-    layers["wq"][1][63, :, 7] = 1.0
-    layers["wk"][1][0, :, 7] = slope / (6.4 * np.sqrt(2) * (2.0 / (n - 1)) / 4.0)
-    text.update(embed=emb, layers=layers)
-    w["text"] = text
+    tower, w["projector"], w["text"], slope = plant(w["video_tower"], w["text"], cfg.text.vocab_size, n, RATIO, rng,
+                                                    tower_width=dv, hidden=d)
+    w["video_tower"] = tower
     return VLM(weights=jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), w), config=cfg), slope
 
 
