@@ -17,7 +17,6 @@ and the row's own (`trend="self"`). The library function is the one measured: no
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import numpy as np
@@ -113,6 +112,7 @@ def table(reports: list[dict]) -> str:
 
 def main(argv=None) -> int:
     from experiments import assets, real_lm
+    from experiments.shell_bias import report_shells
 
     ap = argparse.ArgumentParser(prog="python -m experiments.self_trend", description=__doc__.split("\n\n")[0])
     ap.add_argument("names", nargs="+", choices=real_lm.NAMES)
@@ -120,15 +120,8 @@ def main(argv=None) -> int:
     ap.add_argument("--layer", type=int, default=2, help="FastV prunes before this layer (score: layer - 1)")
     ap.add_argument("--out", default="self_trend.json")
     args = ap.parse_args(argv)
-    reports = []
-    for name in args.names:
-        params, proc = real_lm.shell(name)
-        reports.append({"name": name, **compare(params, proc, assets.PHOTOS, args.keep, args.layer)})
-        print(f"{name} done", file=sys.stderr)
-    with open(args.out, "w") as f:
-        json.dump(reports, f, indent=1)
-    print(table(reports))
-    return 0
+    return report_shells(args.names, lambda name, params, proc: compare(params, proc, assets.PHOTOS, args.keep,
+                                                                        args.layer), args.out, table)
 
 
 if __name__ == "__main__":

@@ -139,16 +139,21 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="shell_bias.json")
     args = ap.parse_args(argv)
     layers = tuple(int(v) for v in args.layers.split(","))
+    return report_shells(args.names, lambda name, params, proc: measure(params, proc, shell_label(name), layers,
+                                                                        args.keep)[0], args.out, table)
+
+
+def report_shells(names, measure_one, out: str, table_of) -> int:
+    """Measure every real-LM shell in `names` (`measure_one(name, params, proc)` -> report dict), write the
+    reports (each with its "name") as JSON to `out` and print `table_of(reports)`."""
     reports = []
-    for name in args.names:
+    for name in names:
         params, proc = real_lm.shell(name)
-        r, _ = measure(params, proc, shell_label(name), layers, args.keep)
-        r["name"] = name
-        reports.append(r)
+        reports.append({**measure_one(name, params, proc), "name": name})
         print(f"{name} done", file=sys.stderr)
-    with open(args.out, "w") as f:
+    with open(out, "w") as f:
         json.dump(reports, f, indent=1)
-    print(table(reports))
+    print(table_of(reports))
     return 0
 
 
