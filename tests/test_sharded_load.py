@@ -176,6 +176,10 @@ def test_generate_cli_dtype_and_compile_cache(tmp_path, monkeypatch):
         cli.main([str(tmp_path), "--image", str(tmp_path / "missing.png"), "--prompt", "hi",
                   "--compile-cache", str(tmp_path / "cache")])
     assert enabled == [str(tmp_path / "cache")]
+    # --mesh is checked before anything is read: a bad spec, and more devices than this process has.
+    for spec, message in (("data=x", "expected data=D"), ("model=4", "this process has 1 device")):
+        with pytest.raises(UserError, match=message):
+            cli.main([str(tmp_path), "--image", str(tmp_path / "missing.png"), "--prompt", "hi", "--mesh", spec])
 
 
 @settings(max_examples=200, deadline=None)

@@ -48,6 +48,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
                    help="weights dtype (default: bfloat16 on GPU / TPU, float32 on CPU)")
+    p.add_argument("--mesh", default=None, help="data=D[,model=M]: this process's devices, the weights split "
+                   "over M (tensor parallel) and loaded straight into their shards (default: one device)")
+    p.add_argument("--fsdp", action="store_true", help="also shard the weights over the data axis (FSDP)")
     p.add_argument("--compile-cache", metavar="DIR", default=None,
                    help="persistent compilation cache directory (default: $JAXVLM_COMPILE_CACHE, else none)")
     return p
@@ -60,11 +63,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import jaxvlm
     from jaxvlm import compile_cache, io, prune
+    from jaxvlm.engine.sharding_spec import local_mesh, parse_mesh_spec
     from jaxvlm.errors import UserError
     from jaxvlm.images import open_image
 
     # Everything the user gave is checked before the model is read.
     schedule = prune.parse_schedule(args.prune)
+    data, model = parse_mesh_spec(args.mesh)
     if args.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens {args.max_new_tokens}: must be at least 1")
     if not 0.0 < args.top_p <= 1.0 or args.temperature < 0.0:
@@ -73,18 +78,19 @@ def main(argv: list[str] | None = None) -> int:
         if path is not None and not os.path.isdir(path):
             raise UserError(f"{flag} {path}: no such directory")
     compile_cache.enable_from(args.compile_cache)
+    mesh = local_mesh(data if args.mesh else 1, model)[0]
     dtype = args.dtype or io.default_dtype()
     image = open_image(args.image, "--image")  # any PIL mode as the RGB picture it shows (jaxvlm.images)
     processor = jaxvlm.Processor.from_pretrained(args.processor or args.checkpoint)
     status(f"loading {args.checkpoint} ({dtype})")
-    params = jaxvlm.load(args.checkpoint, dtype=dtype, progress=True)
+    params = jaxvlm.load(args.checkpoint, dtype=dtype, progress=True, mesh=mesh, fsdp=args.fsdp)
     inputs = processor(text=build_prompt(processor, args.prompt, args.template), images=[image])
     tok = processor.tokenizer
     status("compiling and running (the first call for a shape bucket compiles its program)")
     start = time.perf_counter()
     out = jaxvlm.generate(params, **inputs, prune=schedule, max_new_tokens=args.max_new_tokens,
                           temperature=args.temperature, top_p=args.top_p, seed=args.seed,
-                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, mesh=mesh)
     tokens = np.asarray(out.tokens)[0]
     seconds = time.perf_counter() - start
     if tok.eos_token_id is not None and (tokens == tok.eos_token_id).any():

@@ -20,6 +20,7 @@ import os
 import sys
 from pathlib import Path
 
+from jaxvlm.engine.sharding_spec import parse_mesh_spec
 from jaxvlm.errors import UserError
 
 
@@ -75,17 +76,6 @@ def parse_schedules(specs: list[str], benchmark: str) -> list[tuple[str, object]
     return out
 
 
-def parse_mesh(value: str | None) -> tuple[int | None, int]:
-    """`data=D[,model=M]` -> (D or None, M): D devices on the data axis, M on the model axis (default 1)."""
-    if value is None:
-        return None, 1
-    axes = dict(item.strip().partition("=")[::2] for item in value.split(","))
-    if not axes or not set(axes) <= {"data", "model"} or not all(v.isdigit() and int(v) >= 1 for v in axes.values()):
-        raise UserError(f"--mesh {value!r}: expected data=D[,model=M] (data parallelism over D devices of each "
-                        "process, tensor parallelism over M)")
-    return (int(axes["data"]) if "data" in axes else None), int(axes.get("model", 1))
-
-
 def eval_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="jaxvlm eval", description="Answer every question of BENCH under each "
                                 "--prune schedule (model loaded once) into OUT/BENCH/<schedule>/answers.jsonl "
@@ -138,7 +128,7 @@ def eval_main(argv: list[str] | None = None) -> int:
                         ("--max-new-tokens", args.max_new_tokens)):
         if value is not None and value < 1:
             raise UserError(f"{flag} {value}: must be at least 1")
-    data_size, model_size = parse_mesh(args.mesh)
+    data_size, model_size = parse_mesh_spec(args.mesh)
     job = runner.EvalJob(
         benchmark=args.benchmark, data=args.data, model=args.model,
         schedules=parse_schedules(args.prune, args.benchmark), out=args.out, processor=args.processor,

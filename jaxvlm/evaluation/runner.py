@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxvlm.engine.sharding_spec import local_mesh
 from jaxvlm.errors import UserError
 from jaxvlm.evaluation import base, feed, prompts, store
 
@@ -100,22 +101,6 @@ def shard_range(n: int, process: int, processes: int) -> tuple[int, int]:
     """Lines [lo, hi) of contiguous chunk `process` of ceil(n / processes) (LLaVA's get_chunk)."""
     size = -(-n // processes)
     return min(n, process * size), min(n, (process + 1) * size)
-
-
-def local_mesh(data: int | None, model: int = 1):
-    """(mesh or None, data-axis size): a (data x model) mesh over this process's first devices (data default:
-    all devices / model); a 1-D data mesh when model == 1, None for one device."""
-    import jax
-
-    from jaxvlm.engine.sharding import data_mesh, model_mesh
-
-    devices = jax.local_devices()
-    data = len(devices) // model if data is None else data
-    if data < 1 or model < 1 or data * model > len(devices):
-        raise UserError(f"--mesh data={data},model={model}: this process has {len(devices)} device(s)")
-    if data * model == 1:
-        return None, 1
-    return (data_mesh(devices[:data]) if model == 1 else model_mesh(data, model, devices)), data
 
 
 @dataclasses.dataclass
