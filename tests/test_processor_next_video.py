@@ -41,6 +41,20 @@ def _masked_diff(got, ref, mask) -> float:
     return float(np.abs(np.asarray(got) - ref)[mask.astype(bool)].max())
 
 
+def _forward_diff(ref, d: dict, out: dict, tokenizer, label: str, media_tokens: tuple) -> float:
+    """Max masked |diff| of jaxvlm.forward vs the offline transformers model `ref` (tests/*_reference.py) built
+    from config dict `d` with the tokenizer's vocabulary, media token ids and pad id, on processor output `out`."""
+    d["text_config"]["vocab_size"] = len(tokenizer)
+    for token in media_tokens:
+        d[f"{token.strip('<>')}_token_index"] = tokenizer.convert_tokens_to_ids(token)
+    d["pad_token_id"] = tokenizer.pad_token_id
+    model = ref.torch_model(d)
+    diff = _masked_diff(jaxvlm.forward(ref.to_jax(model, d), **out).logits, ref.torch_logits(model, out),
+                        out["attention_mask"])
+    print(f"\n[max |diff|] {label} processor end to end, T={out['input_ids'].shape[1]}: {diff:.3g}")
+    return diff
+
+
 def test_llava_next_processor_equals_transformers_and_feeds_forward(tmp_path, tokenizer):
     from transformers import LlavaNextImageProcessorPil, LlavaNextProcessor
 
@@ -64,14 +78,7 @@ def test_llava_next_processor_equals_transformers_and_feeds_forward(tmp_path, to
     np.testing.assert_array_equal(out["image_sizes"], [[512, 512], [400, 600], [427, 300]])  # (height, width)
     assert out["input_ids"].dtype == np.int32 and out["pixel_values"].dtype == np.float32
 
-    d["text_config"]["vocab_size"] = len(tokenizer)
-    d["image_token_index"] = tokenizer.convert_tokens_to_ids("<image>")
-    d["pad_token_id"] = tokenizer.pad_token_id
-    model = NR.torch_model(d)
-    diff = _masked_diff(jaxvlm.forward(NR.to_jax(model, d), **out).logits, NR.torch_logits(model, out),
-                        out["attention_mask"])
-    print(f"\n[max |diff|] LLaVA-NeXT processor end to end, T={out['input_ids'].shape[1]}: {diff:.3g}")
-    assert diff < 1e-4
+    assert _forward_diff(NR, d, out, tokenizer, "LLaVA-NeXT", ("<image>",)) < 1e-4
 
 
 def _video(name: str, frames: int = VR.FRAMES, step: int = 24) -> np.ndarray:
@@ -123,15 +130,7 @@ def test_video_llava_processor_feeds_forward(video_proc, tokenizer):
     out = video_proc(text=[PROMPT.format("<image>") + " a cat.", PROMPT.format("<video>")],
                      images=[photo("rocket")], videos=[_video("motorcycle")])
     d = VR.hf_config_dict()
-    d["text_config"]["vocab_size"] = len(tokenizer)
-    d["image_token_index"] = tokenizer.convert_tokens_to_ids("<image>")
-    d["video_token_index"] = tokenizer.convert_tokens_to_ids("<video>")
-    d["pad_token_id"] = tokenizer.pad_token_id
-    model = VR.torch_model(d)
-    diff = _masked_diff(jaxvlm.forward(VR.to_jax(model, d), **out).logits, VR.torch_logits(model, out),
-                        out["attention_mask"])
-    print(f"\n[max |diff|] Video-LLaVA processor end to end, T={out['input_ids'].shape[1]}: {diff:.3g}")
-    assert diff < 1e-4
+    assert _forward_diff(VR, d, out, tokenizer, "Video-LLaVA", ("<image>", "<video>")) < 1e-4
 
 
 def test_video_llava_frame_lists_and_refused_videos(video_proc):
