@@ -25,9 +25,10 @@ def local_mesh(data: int | None, model: int = 1):
     from jaxvlm.engine.sharding import data_mesh, model_mesh
 
     devices = jax.local_devices()
+    spec = f"model={model}" if data is None else f"data={data},model={model}"
     data = len(devices) // model if data is None else data
     if data < 1 or model < 1 or data * model > len(devices):
-        raise UserError(f"--mesh data={data},model={model}: this process has {len(devices)} device(s)")
+        raise UserError(f"--mesh {spec}: this process has {len(devices)} device(s)")
     if data * model == 1:
         return None, 1
     return (data_mesh(devices[:data]) if model == 1 else model_mesh(data, model, devices)), data
